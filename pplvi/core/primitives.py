@@ -1,0 +1,112 @@
+"""The one primitive pplvi adds to JAX: ``sample_p``, a random choice staged into a jaxpr.
+
+An objective program is staged with ``jax.make_jaxpr``. Each random choice becomes one ``sample_p`` equation whose
+operands are the flattened leaves of its numpyro distribution followed by the flattened leaves of its gradient
+estimator; its static parameters are the two tree structures, the address, the per-lane value shape and dtype, and
+``lanes``: the sizes of the ``jax.vmap`` axes the choice was batched over (outermost first). ``sample_p`` carries no
+key: :mod:`pplvi.core.interpreter` threads one key through the whole program and hands the estimator its share.
+
+``sample_p`` has no evaluation, differentiation or lowering rule of its own on purpose: only the interpreter may
+give it meaning, so a program that escapes the interpreter fails loudly instead of sampling with a hidden key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend.core import ClosedJaxpr, Jaxpr, Primitive
+from jax.interpreters import ad, batching, mlir
+
+from pplvi.core.errors import EstimatorError, ObjectiveError
+
+sample_p = Primitive("pplvi_sample")
+
+
+def bind_sample(addr: str, dist: Any, estimator: Any) -> jax.Array:
+    """Stage one random choice at ``addr`` drawn from ``dist`` with gradient strategy ``estimator``."""
+    dist_leaves, dist_tree = jax.tree_util.tree_flatten(dist)
+    est_leaves, est_tree = jax.tree_util.tree_flatten(estimator)
+    dist_leaves = [jnp.asarray(x) for x in dist_leaves]
+    est_leaves = [jnp.asarray(x) for x in est_leaves]
+    out = jax.eval_shape(
+        lambda k, leaves: jax.tree_util.tree_unflatten(dist_tree, leaves).sample(k),
+        jax.random.key(0),
+        dist_leaves,
+    )
+    return sample_p.bind(
+        *dist_leaves,
+        *est_leaves,
+        addr=addr,
+        dist_tree=dist_tree,
+        est_tree=est_tree,
+        n_dist=len(dist_leaves),
+        shape=tuple(out.shape),
+        dtype=out.dtype,
+        lanes=(),
+    )
+
+
+def _abstract_eval(*avals, addr, dist_tree, est_tree, n_dist, shape, dtype, lanes):
+    return jax.core.ShapedArray(tuple(lanes) + tuple(shape), dtype)
+
+
+def _batch(args, dims, *, lanes, **params):
+    # an unbatched operand has batch dim None
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    moved = [
+        jnp.broadcast_to(a, (size,) + jnp.shape(a)) if d is None else jnp.moveaxis(a, d, 0)
+        for a, d in zip(args, dims)
+    ]
+    return sample_p.bind(*moved, lanes=(size,) + tuple(lanes), **params), 0
+
+
+def _no_jvp(primals, tangents, *, addr, **_):
+    raise ObjectiveError(
+        f"jax differentiated through the random choice '{addr}' inside an objective. pplvi differentiates "
+        "objectives itself: call obj.grad / obj.value_and_grad (or jax.grad of obj.estimate) from outside, "
+        "and do not apply jax.grad/jvp inside the objective's body."
+    )
+
+
+def _no_lowering(ctx, *args, addr, **_):
+    raise EstimatorError(
+        f"the random choice '{addr}' reached the compiler outside pplvi's interpreter. Random choices only "
+        "run inside gen.simulate/assess/generate or an @pplvi.objective; do not stage pplvi.sample with "
+        "jax.make_jaxpr/jax.jit directly."
+    )
+
+
+sample_p.def_abstract_eval(_abstract_eval)
+sample_p.def_impl(lambda *args, addr, **_: _no_lowering(None, addr=addr))
+batching.primitive_batchers[sample_p] = _batch
+ad.primitive_jvps[sample_p] = _no_jvp
+mlir.register_lowering(sample_p, _no_lowering)
+
+
+def _subjaxprs(params: dict) -> list[Jaxpr]:
+    found = []
+    for v in params.values():
+        for item in v if isinstance(v, (tuple, list)) else (v,):
+            if isinstance(item, ClosedJaxpr):
+                found.append(item.jaxpr)
+            elif isinstance(item, Jaxpr):
+                found.append(item)
+    return found
+
+
+def random_sites(jaxpr: Jaxpr) -> list:
+    """All ``sample_p`` equations in ``jaxpr`` and, recursively, in the jaxprs its equations carry."""
+    sites = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive is sample_p:
+            sites.append(eqn)
+        else:
+            for sub in _subjaxprs(eqn.params):
+                sites.extend(random_sites(sub))
+    return sites
+
+
+def subjaxprs(eqn) -> list[Jaxpr]:
+    return _subjaxprs(eqn.params)
