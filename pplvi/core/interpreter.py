@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -36,8 +37,7 @@ _CALLS = ("jit", "pjit", "closed_call", "core_call", "remat", "checkpoint")
 
 
 def _estimator_class(eqn):
-    tree = eqn.params["est_tree"]
-    return type(jax.tree_util.tree_unflatten(tree, [None] * tree.num_leaves))
+    return type(eqn.params["est_static"])
 
 
 def _read(env, v, tan: bool) -> Dual:
@@ -314,7 +314,9 @@ def _site_views(eqn, ins):
     p = eqn.params
     n = p["n_dist"]
     dist = DualDistribution(p["dist_tree"], ins[:n], p["lanes"], p["addr"])
-    est = jax.tree_util.tree_unflatten(p["est_tree"], list(ins[n:]))
+    est = eqx.combine(
+        jax.tree_util.tree_unflatten(p["est_tree"], list(ins[n:])), p["est_static"], is_leaf=lambda x: isinstance(x, Dual)
+    )
     return dist, est
 
 

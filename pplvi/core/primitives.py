@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Primitive
 from jax.interpreters import ad, batching, mlir
 
@@ -27,7 +29,9 @@ sample_p = Primitive("pplvi_sample")
 def bind_sample(addr: str, dist: Any, estimator: Any) -> jax.Array:
     """Stage one random choice at ``addr`` drawn from ``dist`` with gradient strategy ``estimator``."""
     dist_leaves, dist_tree = jax.tree_util.tree_flatten(dist)
-    est_leaves, est_tree = jax.tree_util.tree_flatten(estimator)
+    # Array and float fields of an estimator are traced operands; ints, bools and the rest are static config.
+    est_dynamic, est_static = eqx.partition(estimator, lambda x: isinstance(x, (jax.Array, np.ndarray, float)))
+    est_leaves, est_tree = jax.tree_util.tree_flatten(est_dynamic)
     dist_leaves = [jnp.asarray(x) for x in dist_leaves]
     est_leaves = [jnp.asarray(x) for x in est_leaves]
     out = jax.eval_shape(
@@ -41,6 +45,7 @@ def bind_sample(addr: str, dist: Any, estimator: Any) -> jax.Array:
         addr=addr,
         dist_tree=dist_tree,
         est_tree=est_tree,
+        est_static=est_static,
         n_dist=len(dist_leaves),
         shape=tuple(out.shape),
         dtype=out.dtype,
@@ -48,7 +53,7 @@ def bind_sample(addr: str, dist: Any, estimator: Any) -> jax.Array:
     )
 
 
-def _abstract_eval(*avals, addr, dist_tree, est_tree, n_dist, shape, dtype, lanes):
+def _abstract_eval(*avals, addr, dist_tree, est_tree, est_static, n_dist, shape, dtype, lanes):
     return jax.core.ShapedArray(tuple(lanes) + tuple(shape), dtype)
 
 
