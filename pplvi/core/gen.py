@@ -114,7 +114,7 @@ class _Run:
             self.log_probs[addr] = jnp.sum(dist.log_prob(obs))
             return obs
         if self.mode in (ASSESS, GENERATE) and addr in self.constraints:
-            x = self.constraints[addr]
+            x = jnp.asarray(self.constraints[addr])
             _check_support(self.path(addr), dist, x)
             lp = jnp.sum(dist.log_prob(x))
             self.weight = self.weight + lp

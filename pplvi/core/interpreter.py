@@ -277,7 +277,9 @@ class Interpreter:
         cn, bn = p["cond_nconsts"], p["body_nconsts"]
         cconsts, bconsts, init = ins[:cn], ins[cn:cn + bn], ins[cn + bn:]
         if random_sites(p["cond_jaxpr"].jaxpr):
-            raise EstimatorError("random choices inside a while_loop's condition are not supported; draw them in the body.")
+            raise EstimatorError(
+                "random choices inside a while_loop's condition are not supported; draw them in the body."
+            )
         init = [instantiate(d) for d in init] if tan else init
         zero = jnp.zeros(())
 
@@ -315,7 +317,9 @@ def _site_views(eqn, ins):
     n = p["n_dist"]
     dist = DualDistribution(p["dist_tree"], ins[:n], p["lanes"], p["addr"])
     est = eqx.combine(
-        jax.tree_util.tree_unflatten(p["est_tree"], list(ins[n:])), p["est_static"], is_leaf=lambda x: isinstance(x, Dual)
+        jax.tree_util.tree_unflatten(p["est_tree"], list(ins[n:])),
+        p["est_static"],
+        is_leaf=lambda x: isinstance(x, Dual),
     )
     return dist, est
 

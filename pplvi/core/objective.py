@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from pplvi.core.dual import Dual
-from pplvi.core.errors import ObjectiveError
+from pplvi.core.dual import Dual, is_float
+from pplvi.core.errors import ObjectiveError, PPLVIError
 from pplvi.core.gen import STAGE, _Run, _stack, in_objective
 from pplvi.core.interpreter import evaluate
 
@@ -74,6 +74,15 @@ class Objective:
             stack.append(_Run(STAGE))
             try:
                 out = self.fn(*args)
+            except KeyError as e:
+                if isinstance(e, PPLVIError):
+                    raise
+                shapes = jax.tree_util.tree_map(lambda x: f"{jnp.result_type(x).name}{list(jnp.shape(x))}", args)
+                raise ObjectiveError(
+                    f"{self.name} looked up {e.args[0]!r} in its arguments, which do not have it (parameter pytree "
+                    f"mismatch). The arguments passed have the structure {shapes}; pass parameters with the "
+                    "structure the objective expects."
+                ) from e
             finally:
                 stack.pop()
             out = jnp.asarray(out) if isinstance(out, (int, float)) else out
@@ -100,10 +109,7 @@ class Objective:
         def rule(primals, tangents):
             key, *ls = primals
             ts = tangents[1:]
-            duals = [
-                Dual(x, None if isinstance(t, SymbolicZero) or not jnp.issubdtype(jnp.result_type(x), jnp.inexact) else t)
-                for x, t in zip(ls, ts)
-            ]
+            duals = [Dual(x, None if isinstance(t, SymbolicZero) or not is_float(x) else t) for x, t in zip(ls, ts)]
             d = evaluate(closed, duals, key, unroll)
             t = d.tangent if d.tangent is not None else jnp.zeros_like(d.primal)
             return d.primal, t.astype(d.primal.dtype)
@@ -126,7 +132,15 @@ class Objective:
                 f"{self.name}: argnums={argnums!r} does not name positional arguments of the objective "
                 f"(it got {len(args)} after the key)."
             )
-        return _value_and_grad(self, key, _arrayify(args), argnums)
+        args = _arrayify(args)
+        for n in nums:
+            if not any(eqx.is_inexact_array(x) for x in jax.tree_util.tree_leaves(args[n])):
+                raise ObjectiveError(
+                    f"{self.name}: argument {n} has no floating-point leaves to differentiate "
+                    f"(got {jax.tree_util.tree_map(lambda x: jnp.result_type(x).name, args[n])}). Use float "
+                    "parameters (e.g. 1.0 rather than 1) or choose other argnums."
+                )
+        return _value_and_grad(self, key, args, argnums)
 
     def grad(self, key, *args, argnums=0):
         """An unbiased estimate of the gradient with respect to ``args[argnums]``."""
