@@ -30,13 +30,13 @@ from pplvi.core.estimators import (
     reinforce,
     reparam,
 )
-from pplvi.core.gen import GenerativeFunction, Trace, gen, sample, scan, vmap, with_estimators
+from pplvi.core.gen import GenerativeFunction, Trace, cond, gen, sample, scan, switch, vmap, with_estimators
 from pplvi.core.objective import Objective, objective
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AddressError", "Baseline", "Continuation", "DataError", "Dual", "DualDistribution", "Enum", "Estimator",
+    "AddressError", "cond", "switch", "Baseline", "Continuation", "DataError", "Dual", "DualDistribution", "Enum", "Estimator",
     "EstimatorError", "GenerativeFunction", "MVD", "Objective", "ObjectiveError", "PPLVIError", "Reinforce",
     "Reparam", "SupportError", "Trace", "baseline", "default_estimator", "enum", "enum_sequential", "gen", "mvd",
     "objective", "reinforce", "reparam", "sample", "scan", "vmap", "with_estimators",

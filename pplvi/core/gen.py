@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
+from jax.extend.core import get_opaque_trace_state
 
 from pplvi.core.errors import AddressError, ObjectiveError, SupportError
 from pplvi.core.estimators import Estimator, default_estimator
@@ -72,8 +73,10 @@ class Trace:
 class _Run:
     """One activation of a generative function's body under a mode (simulate / assess / generate / stage)."""
 
-    def __init__(self, mode, key=None, constraints=None, estimators=None, prefix=""):
+    def __init__(self, mode, key=None, constraints=None, estimators=None, prefix="", records=True):
         self.mode = mode
+        self.records = records
+        self.trace_state = get_opaque_trace_state(convention="pplvi")
         self.key = key
         self.constraints = dict(constraints or {})
         self.estimators = dict(estimators or {})
@@ -94,6 +97,13 @@ class _Run:
         return sub
 
     def claim(self, addr):
+        if self.records and get_opaque_trace_state(convention="pplvi") != self.trace_state:
+            raise ObjectiveError(
+                f"the random choice '{self.path(addr)}' is drawn inside a JAX transformation (lax.scan / cond / "
+                "while_loop / jax.vmap / jax.jit) within a generative function, where its trace cannot be recorded. "
+                "Write the inner code as its own @pplvi.gen function and use the combinators pplvi.scan, pplvi.vmap "
+                "or pplvi.switch / pplvi.cond, which stack or select its choices."
+            )
         if not isinstance(addr, str) or not addr or "/" in addr:
             raise AddressError(
                 f"address {addr!r} at '{self.path('?')}' is not valid: use a non-empty string without '/' "
@@ -423,3 +433,66 @@ def scan(step: GenerativeFunction, length: int | None = None, reverse: bool = Fa
 def vmap(gf: GenerativeFunction, in_axes=0, axis_size: int | None = None) -> GenerativeFunction:
     """Batch a generative function over independent copies; see :class:`VmapGF`."""
     return VmapGF(gf, in_axes, axis_size)
+
+
+class SwitchGF(GenerativeFunction):
+    """``switch(*branches)`` called with ``(index, *args)``: runs ``branches[index](*args)`` like ``lax.switch``.
+
+    The trace holds the union of the branches' addresses: choices of branches not taken are zeros and their log
+    densities are 0. ``assess`` therefore takes values for every address of every branch and ignores those of the
+    branches not taken. Branches must return values of the same structure, and an address shared by branches must
+    have the same shape in each."""
+
+    def __init__(self, *branches: GenerativeFunction):
+        self.branches = branches
+        self.name = f"switch({', '.join(b.name for b in branches)})"
+        self.estimators = {}
+
+    def _execute(self, run, args):
+        index, *bargs = args
+        key = run.next_key()
+        cons = dict(run.constraints)
+        probes: list[_Run] = []
+
+        def make(i):
+            def fn(key, cons, bargs):
+                child = _sub_run(run, key, cons)
+                ret = self.branches[i]._execute(child, tuple(bargs))
+                probes.append(child)
+                return ret, child.choices, child.log_probs, child.weight
+
+            return fn
+
+        shapes = [jax.eval_shape(make(i), key, cons, bargs) for i in range(len(self.branches))]
+        union_choices = {a: s for sh in shapes for a, s in sh[1].items()}
+        union_lps = {a: s for sh in shapes for a, s in sh[2].items()}
+
+        def padded(i):
+            def fn(key, cons, bargs):
+                ret, choices, lps, w = make(i)(key, cons, bargs)
+                choices = {a: choices.get(a, jnp.zeros(s.shape, s.dtype)) for a, s in union_choices.items()}
+                lps = {a: lps.get(a, jnp.zeros(s.shape, s.dtype)) for a, s in union_lps.items()}
+                return ret, choices, lps, w
+
+            return fn
+
+        index = jnp.asarray(index).astype(jnp.int32)
+        ret, choices, lps, w = jax.lax.switch(index, [padded(i) for i in range(len(self.branches))], key, cons, bargs)
+        merged = _Run(run.mode)
+        for p in probes:
+            merged.visited |= p.visited
+            merged.local |= p.local
+        _finish(run, merged, choices, lps, w)
+        return ret
+
+
+def switch(*branches: GenerativeFunction) -> GenerativeFunction:
+    """Select one of several generative functions by an index; see :class:`SwitchGF`."""
+    return SwitchGF(*branches)
+
+
+def cond(true_branch: GenerativeFunction, false_branch: GenerativeFunction) -> GenerativeFunction:
+    """``cond(t, f)`` called with ``(pred, *args)`` runs ``t(*args)`` if ``pred`` else ``f(*args)``."""
+    gf = SwitchGF(false_branch, true_branch)
+    gf.name = f"cond({true_branch.name}, {false_branch.name})"
+    return gf

@@ -71,7 +71,7 @@ class Objective:
         def body(*ls):
             args = eqx.combine(jax.tree_util.tree_unflatten(treedef, ls), static)
             stack = _stack()
-            stack.append(_Run(STAGE))
+            stack.append(_Run(STAGE, records=False))
             try:
                 out = self.fn(*args)
             except KeyError as e:

@@ -127,3 +127,58 @@ def test_scan_combinator_inside_an_objective_is_differentiable():
     keys = jax.random.split(jax.random.key(8), 500)
     g = jax.vmap(lambda k: obj.grad(k, 0.5))(keys)
     assert jnp.allclose(g, 4.0)
+
+
+@pplvi.gen
+def heads(x):
+    return pplvi.sample("z", nd.Normal(x, 1.0)) + pplvi.sample("extra", nd.Normal(0.0, 1.0))
+
+
+@pplvi.gen
+def tails(x):
+    return pplvi.sample("z", nd.Normal(-x, 2.0))
+
+
+def test_cond_combinator_records_the_taken_branch():
+    coin_flip = pplvi.cond(heads, tails)
+
+    @pplvi.gen
+    def model(x):
+        c = pplvi.sample("c", nd.Bernoulli(probs=0.5))
+        return pplvi.sample("branch", coin_flip(c, x))
+
+    for seed in range(4):
+        tr = model.simulate(jax.random.key(seed), 1.0)
+        c, z, extra = tr["c"], tr["branch/z"], tr["branch/extra"]
+        lp = jnp.log(0.5) + jnp.where(
+            c == 1, nd.Normal(1.0, 1.0).log_prob(z) + nd.Normal(0.0, 1.0).log_prob(extra), nd.Normal(-1.0, 2.0).log_prob(z)
+        )
+        assert jnp.allclose(tr.score, lp)
+        assert jnp.allclose(model.assess(tr.choices, 1.0), lp)
+
+
+def test_cond_combinator_inside_an_objective_is_unbiased():
+    coin_flip = pplvi.cond(heads, tails)
+
+    @pplvi.objective
+    def obj(t):
+        c = pplvi.sample("c", nd.Bernoulli(logits=t))
+        return coin_flip.simulate(c, t).retval ** 2
+
+    # E[ret^2 | c=1] = t^2 + 2 (heads: z + extra ~ N(t, 2));  E[ret^2 | c=0] = t^2 + 4
+    def exact(t):
+        p = jax.nn.sigmoid(t)
+        return p * (t**2 + 2) + (1 - p) * (t**2 + 4)
+
+    keys = jax.random.split(jax.random.key(9), 4000)
+    g = jax.jit(jax.vmap(lambda k: obj.grad(k, 0.3)))(keys)
+    assert abs(g.mean() - jax.grad(exact)(0.3)) < 5 * g.std() / jnp.sqrt(4000.0)
+
+
+def test_raw_control_flow_in_a_generative_function_is_a_clear_error():
+    @pplvi.gen
+    def bad(x):
+        return jax.lax.cond(x > 0, lambda: pplvi.sample("z", nd.Normal(0.0, 1.0)), lambda: 0.0)
+
+    with pytest.raises(pplvi.ObjectiveError, match="'z'.*pplvi.scan"):
+        bad.simulate(jax.random.key(0), 1.0)
