@@ -36,8 +36,8 @@ from pplvi.core.objective import Objective, objective
 __version__ = "0.1.0"
 
 __all__ = [
-    "AddressError", "cond", "switch", "Baseline", "Continuation", "DataError", "Dual", "DualDistribution", "Enum", "Estimator",
+    "AddressError", "Baseline", "Continuation", "DataError", "Dual", "DualDistribution", "Enum", "Estimator",
     "EstimatorError", "GenerativeFunction", "MVD", "Objective", "ObjectiveError", "PPLVIError", "Reinforce",
     "Reparam", "SupportError", "Trace", "baseline", "default_estimator", "enum", "enum_sequential", "gen", "mvd",
-    "objective", "reinforce", "reparam", "sample", "scan", "vmap", "with_estimators",
+    "objective", "cond", "switch", "reinforce", "reparam", "sample", "scan", "vmap", "with_estimators",
 ]

@@ -150,9 +150,8 @@ def test_cond_combinator_records_the_taken_branch():
     for seed in range(4):
         tr = model.simulate(jax.random.key(seed), 1.0)
         c, z, extra = tr["c"], tr["branch/z"], tr["branch/extra"]
-        lp = jnp.log(0.5) + jnp.where(
-            c == 1, nd.Normal(1.0, 1.0).log_prob(z) + nd.Normal(0.0, 1.0).log_prob(extra), nd.Normal(-1.0, 2.0).log_prob(z)
-        )
+        heads_lp = nd.Normal(1.0, 1.0).log_prob(z) + nd.Normal(0.0, 1.0).log_prob(extra)
+        lp = jnp.log(0.5) + jnp.where(c == 1, heads_lp, nd.Normal(-1.0, 2.0).log_prob(z))
         assert jnp.allclose(tr.score, lp)
         assert jnp.allclose(model.assess(tr.choices, 1.0), lp)
 
