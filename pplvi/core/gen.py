@@ -11,7 +11,7 @@ Every operation follows the generative function interface (GFI) of Cusumano-Town
 * ``simulate(key, *args) -> Trace``: run forward, recording choices and per-site log densities;
 * ``assess(choices, *args) -> log p``: the joint log density of given choices (observed sites included);
 * ``generate(key, constraints, *args) -> (Trace, log w)``: sample the unconstrained choices from their prior,
-  with ``log w`` the log density of the constrained ones (importance weight with the prior as proposal).
+  with ``log w`` the log density of the constrained and observed ones (importance weight, prior as proposal).
 
 Inside an objective the key is omitted (``guide.simulate(x)``): the objective's key supplies the randomness and
 each choice becomes a random choice that pplvi differentiates with its estimator.
@@ -122,6 +122,7 @@ class _Run:
         if obs is not None:
             _check_support(self.path(addr), dist, obs)
             self.log_probs[addr] = jnp.sum(dist.log_prob(obs))
+            self.weight = self.weight + self.log_probs[addr]  # observations are constraints of the model
             return obs
         if self.mode in (ASSESS, GENERATE) and addr in self.constraints:
             x = jnp.asarray(self.constraints[addr])
