@@ -23,3 +23,27 @@ def bind_equation(eqn, *args):
         subfuns, params = params
     with eqn.ctx.manager:
         return eqn.primitive.bind(*subfuns, *args, **params)
+
+
+def vmap_lane_tokens() -> list:
+    """One batched token per ``jax.vmap`` enclosing the current trace, outermost first.
+
+    A random choice inside ``jax.vmap`` must be an independent draw per lane even when none of its operands depends on
+    the mapped input (e.g. particles ``jax.vmap(lambda _: guide.simulate(params))(jnp.arange(K))``). JAX only batches
+    a primitive whose operands are batched, so ``bind_sample`` adds these tokens as extra operands: the choice is then
+    batched along every enclosing ``vmap`` and the interpreter draws one value per lane."""
+    import jax.numpy as jnp
+    from jax._src import core as jcore
+    from jax._src.interpreters import batching as jbatching
+
+    levels = []
+    trace = jcore.trace_ctx.trace
+    while isinstance(trace, jbatching.BatchTrace):
+        levels.append(trace)
+        trace = trace.parent_trace
+    tokens = []
+    for level in reversed(levels):
+        with jcore.set_current_trace(level.parent_trace):
+            value = jnp.zeros((level.axis_data.size,), jnp.int8)
+        tokens.append(jbatching.BatchTracer(level, value, 0))
+    return tokens

@@ -107,6 +107,8 @@ class Interpreter:
         def finish(env, key, tan):
             return done([_read(env, v, tan) for v in jaxpr.outvars], key, tan)
 
+        finish.final = getattr(done, "final", False)
+
         return self.run(jaxpr.eqns, 0, env, key, finish, tan)
 
     def run(self, eqns, i, env, key, done, tan):
@@ -150,7 +152,10 @@ class Interpreter:
         eqn = eqns[i]
         dist, est = _site_views(eqn, ins)
         est.check(dist)
-        k_site, k_rest = jax.random.split(key)
+        if getattr(done, "final", False) and not any(self.sites(e) for e in eqns[i + 1:]):
+            k_site, k_rest = key, key  # the last random choice of the program: nothing downstream needs a key
+        else:
+            k_site, k_rest = jax.random.split(key)
         out = eqn.outvars[0]
 
         def rest(x: Dual, key, tan2):
@@ -317,7 +322,7 @@ def _site_views(eqn, ins):
     n = p["n_dist"]
     dist = DualDistribution(p["dist_tree"], ins[:n], p["lanes"], p["addr"])
     est = eqx.combine(
-        jax.tree_util.tree_unflatten(p["est_tree"], list(ins[n:])),
+        jax.tree_util.tree_unflatten(p["est_tree"], list(ins[n:n + p["n_est"]])),
         p["est_static"],
         is_leaf=lambda x: isinstance(x, Dual),
     )
@@ -327,4 +332,9 @@ def _site_views(eqn, ins):
 def evaluate(closed, args: list[Dual], key, unroll: bool = False) -> Dual:
     """Run the staged objective ``closed`` on dual ``args`` with one ``key``; returns the objective's dual."""
     tan = any(a.tangent is not None for a in args)
-    return Interpreter(unroll).run_jaxpr(closed, args, key, lambda outs, key, tan: outs[0], tan)
+
+    def final(outs, key, tan):
+        return outs[0]
+
+    final.final = True
+    return Interpreter(unroll).run_jaxpr(closed, args, key, final, tan)

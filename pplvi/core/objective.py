@@ -46,6 +46,7 @@ class Objective:
         self.fn = fn
         self.unroll = unroll
         self.name = getattr(fn, "__name__", "objective")
+        self._cache: dict = {}
         functools.update_wrapper(self, fn)
 
     def __repr__(self):
@@ -154,13 +155,42 @@ def _check_key(name, key):
         raise ObjectiveError(f"{name}: the first argument must be a jax.random key, got {type(key).__name__}.")
 
 
-@eqx.filter_jit
-def _estimate(obj: Objective, key, args):
+def _jitted(obj: Objective, kind: str, fn: Callable, key, args, extra=()):
+    """``jax.jit(fn)`` cached per objective, kind and static structure of ``args``.
+
+    Arrays are traced; everything else in ``args`` (functions and other static fields of equinox modules) is part of
+    the cache key. Unlike ``eqx.filter_jit`` the call returns without waiting for the result (asynchronous dispatch)."""
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    leaves, treedef = jax.tree_util.tree_flatten(dynamic)
+    static_leaves, static_tree = jax.tree_util.tree_flatten(static)
+    cache_key = (kind, extra, treedef, static_tree, tuple(_hashable(x) for x in static_leaves))
+    compiled = obj._cache.get(cache_key)
+    if compiled is None:
+
+        def run(key, leaves):
+            return fn(obj, key, eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static), *extra)
+
+        compiled = obj._cache[cache_key] = jax.jit(run)
+    return compiled(key, leaves)
+
+
+def _hashable(x):
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        return ("id", id(x))
+
+
+def _estimate_fn(obj: Objective, key, args):
     return obj._surrogate(key, args)
 
 
-@eqx.filter_jit
-def _value_and_grad(obj: Objective, key, args, argnums):
+def _estimate(obj, key, args):
+    return _jitted(obj, "estimate", _estimate_fn, key, args)
+
+
+def _value_and_grad_fn(obj: Objective, key, args, argnums):
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     diff, nondiff = eqx.partition([args[i] for i in nums], eqx.is_inexact_array)
 
@@ -172,6 +202,10 @@ def _value_and_grad(obj: Objective, key, args, argnums):
 
     value, grads = jax.value_and_grad(f)(diff)
     return value, grads[0] if isinstance(argnums, int) else tuple(grads)
+
+
+def _value_and_grad(obj, key, args, argnums):
+    return _jitted(obj, "value_and_grad", _value_and_grad_fn, key, args, (argnums,))
 
 
 def objective(fn: Callable | None = None, *, unroll: bool = False):

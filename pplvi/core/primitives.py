@@ -1,10 +1,11 @@
 """The one primitive pplvi adds to JAX: ``sample_p``, a random choice staged into a jaxpr.
 
-An objective program is staged with ``jax.make_jaxpr``. Each random choice becomes one ``sample_p`` equation whose
-operands are the flattened leaves of its numpyro distribution followed by the flattened leaves of its gradient
-estimator; its static parameters are the two tree structures, the address, the per-lane value shape and dtype, and
-``lanes``: the sizes of the ``jax.vmap`` axes the choice was batched over (outermost first). ``sample_p`` carries no
-key: :mod:`pplvi.core.interpreter` threads one key through the whole program and hands the estimator its share.
+An objective program is staged with ``jax.make_jaxpr``. Each random choice becomes one ``sample_p`` equation. Its
+operands are the flattened leaves of its numpyro distribution, then those of its gradient estimator, then one token
+per enclosing ``jax.vmap`` (so that every lane draws independently). Its static parameters are the tree structures,
+the address, the per-lane value shape and dtype, and ``lanes``: the sizes of the ``jax.vmap`` axes the choice was
+batched over (outermost first). ``sample_p`` carries no key: :mod:`pplvi.core.interpreter` threads one key through the
+whole program and hands each estimator its share.
 
 ``sample_p`` has no evaluation, differentiation or lowering rule of its own on purpose: only the interpreter may
 give it meaning, so a program that escapes the interpreter fails loudly instead of sampling with a hidden key.
@@ -21,6 +22,7 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Primitive
 from jax.interpreters import ad, batching, mlir
 
+from pplvi.core import _jax_private
 from pplvi.core.errors import EstimatorError, ObjectiveError
 
 sample_p = Primitive("pplvi_sample")
@@ -35,25 +37,26 @@ def bind_sample(addr: str, dist: Any, estimator: Any) -> jax.Array:
     dist_leaves = [jnp.asarray(x) for x in dist_leaves]
     est_leaves = [jnp.asarray(x) for x in est_leaves]
     out = jax.eval_shape(
-        lambda k, leaves: jax.tree_util.tree_unflatten(dist_tree, leaves).sample(k),
-        jax.random.key(0),
-        dist_leaves,
+        lambda leaves: jax.tree_util.tree_unflatten(dist_tree, leaves).sample(jax.random.key(0)), dist_leaves
     )
+    tokens = _jax_private.vmap_lane_tokens()
     return sample_p.bind(
         *dist_leaves,
         *est_leaves,
+        *tokens,
         addr=addr,
         dist_tree=dist_tree,
         est_tree=est_tree,
         est_static=est_static,
         n_dist=len(dist_leaves),
+        n_est=len(est_leaves),
         shape=tuple(out.shape),
         dtype=out.dtype,
         lanes=(),
     )
 
 
-def _abstract_eval(*avals, addr, dist_tree, est_tree, est_static, n_dist, shape, dtype, lanes):
+def _abstract_eval(*avals, addr, dist_tree, est_tree, est_static, n_dist, n_est, shape, dtype, lanes):
     return jax.core.ShapedArray(tuple(lanes) + tuple(shape), dtype)
 
 
