@@ -32,6 +32,7 @@ from pplvi.core.estimators import (
 )
 from pplvi.core.gen import GenerativeFunction, Trace, cond, gen, sample, scan, switch, vmap, with_estimators
 from pplvi.core.objective import Objective, objective
+from pplvi.inference import marginal, normalize
 
 __version__ = "0.1.0"
 
@@ -39,5 +40,5 @@ __all__ = [
     "AddressError", "Baseline", "Continuation", "DataError", "Dual", "DualDistribution", "Enum", "Estimator",
     "EstimatorError", "GenerativeFunction", "MVD", "Objective", "ObjectiveError", "PPLVIError", "Reinforce",
     "Reparam", "SupportError", "Trace", "baseline", "default_estimator", "enum", "enum_sequential", "gen", "mvd",
-    "objective", "cond", "switch", "reinforce", "reparam", "sample", "scan", "vmap", "with_estimators",
+    "objective", "marginal", "normalize", "cond", "switch", "reinforce", "reparam", "sample", "scan", "vmap", "with_estimators",
 ]

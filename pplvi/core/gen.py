@@ -48,8 +48,7 @@ def _stack() -> list:
 
 def in_objective() -> bool:
     """True while an objective (or a generative function called from one) is being staged."""
-    stack = _stack()
-    return bool(stack) and stack[-1].mode == STAGE
+    return any(run.mode == STAGE for run in _stack())
 
 
 @jax.tree_util.register_dataclass
