@@ -40,5 +40,6 @@ __all__ = [
     "AddressError", "Baseline", "Continuation", "DataError", "Dual", "DualDistribution", "Enum", "Estimator",
     "EstimatorError", "GenerativeFunction", "MVD", "Objective", "ObjectiveError", "PPLVIError", "Reinforce",
     "Reparam", "SupportError", "Trace", "baseline", "default_estimator", "enum", "enum_sequential", "gen", "mvd",
-    "objective", "marginal", "normalize", "cond", "switch", "reinforce", "reparam", "sample", "scan", "vmap", "with_estimators",
+    "objective", "marginal", "normalize", "cond", "switch", "reinforce", "reparam", "sample", "scan", "vmap",
+    "with_estimators",
 ]
