@@ -55,11 +55,13 @@ def in_objective() -> bool:
 @dataclasses.dataclass(frozen=True)
 class Trace:
     """The record of one run: ``choices`` (unobserved, by address), ``log_probs`` (per site, observed sites
-    included), and the return value ``retval``. ``score`` is the total log density."""
+    included), the return value ``retval``, and ``distributions``: the numpyro distribution each choice was drawn from
+    (used e.g. for analytic KL terms). ``score`` is the total log density."""
 
     choices: dict
     log_probs: dict
     retval: Any
+    distributions: dict = dataclasses.field(default_factory=dict)
 
     @property
     def score(self):
@@ -82,6 +84,7 @@ class _Run:
         self.prefix = prefix
         self.choices: dict = {}
         self.log_probs: dict = {}
+        self.dists: dict = {}
         self.weight = jnp.zeros(())
         self.visited: set[str] = set()  # every address below this run, relative, for missing/unexpected checks
         self.local: set[str] = set()
@@ -148,6 +151,7 @@ class _Run:
             lp = jnp.sum(dist.log_prob(x))
         self.choices[addr] = x
         self.log_probs[addr] = lp
+        self.dists[addr] = dist
         return x
 
     def call(self, addr, gf: GenerativeFunction, args):
@@ -168,6 +172,8 @@ class _Run:
             self.choices[f"{addr}/{a}"] = v
         for a, v in child.log_probs.items():
             self.log_probs[f"{addr}/{a}"] = v
+        for a, v in child.dists.items():
+            self.dists[f"{addr}/{a}"] = v
         self.visited |= {f"{addr}/{a}" for a in child.visited}
         self.weight = self.weight + child.weight
 
@@ -280,7 +286,7 @@ class GenerativeFunction:
             if not args or not _looks_like_key(args[0]):
                 raise ObjectiveError(f"{self.name}.simulate(key, *args) needs a jax.random key first.")
             run, ret = self._root(SIMULATE, args[0], {}, args[1:])
-        return Trace(run.choices, run.log_probs, ret)
+        return Trace(run.choices, run.log_probs, ret, run.dists)
 
     def assess(self, choices: Mapping, *args):
         """Joint log density of ``choices`` (a dict address -> value, or a Trace) with observed sites."""
@@ -297,7 +303,7 @@ class GenerativeFunction:
         else:
             key, constraints, rest = args[0], args[1], args[2:]
             run, ret = self._root(GENERATE, key, dict(constraints), rest)
-        return Trace(run.choices, run.log_probs, ret), run.weight
+        return Trace(run.choices, run.log_probs, ret, run.dists), run.weight
 
     def with_estimators(self, mapping: Mapping[str, Estimator]) -> GenerativeFunction:
         """A copy whose choices at the given addresses ('/'-joined paths) use the given estimators."""
@@ -353,8 +359,9 @@ def _sub_run(run: _Run, key, constraints):
     return _Run(run.mode, key=key, constraints=constraints, estimators=run.estimators, prefix=run.prefix)
 
 
-def _finish(run: _Run, probe: _Run, choices, log_probs, weight):
+def _finish(run: _Run, probe: _Run, choices, log_probs, weight, dists=None):
     run.choices.update(choices)
+    run.dists.update(dists or {})
     run.log_probs.update(log_probs)
     run.visited |= probe.visited
     run.local |= probe.local
@@ -384,10 +391,12 @@ class ScanGF(GenerativeFunction):
             child = _sub_run(run, key, c)
             carry, y = self.step._execute(child, (carry, x))
             probes.append(child)
-            return carry, (y, child.choices, child.log_probs, child.weight)
+            return carry, (y, child.choices, child.log_probs, child.weight, child.dists)
 
-        carry, (ys, choices, lps, w) = jax.lax.scan(body, init, (xs, keys, cons), length=n, reverse=self.reverse)
-        _finish(run, probes[-1], choices, lps, w)
+        carry, (ys, choices, lps, w, dists) = jax.lax.scan(
+            body, init, (xs, keys, cons), length=n, reverse=self.reverse
+        )
+        _finish(run, probes[-1], choices, lps, w, dists)
         return carry, ys
 
 
@@ -418,10 +427,10 @@ class VmapGF(GenerativeFunction):
             child = _sub_run(run, key, c)
             ret = self.gf._execute(child, a)
             probes.append(child)
-            return ret, child.choices, child.log_probs, child.weight
+            return ret, child.choices, child.log_probs, child.weight, child.dists
 
-        ret, choices, lps, w = jax.vmap(one, in_axes=(axes, 0, 0), axis_size=n)(tuple(args), keys, cons)
-        _finish(run, probes[-1], choices, lps, w)
+        ret, choices, lps, w, dists = jax.vmap(one, in_axes=(axes, 0, 0), axis_size=n)(tuple(args), keys, cons)
+        _finish(run, probes[-1], choices, lps, w, dists)
         return ret
 
 
