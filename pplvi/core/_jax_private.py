@@ -25,13 +25,19 @@ def bind_equation(eqn, *args):
         return eqn.primitive.bind(*subfuns, *args, **params)
 
 
-def vmap_lane_tokens() -> list:
+_LEVEL_IDS = __import__("itertools").count(1)
+
+
+def vmap_lane_tokens() -> tuple[list, tuple[int, ...]]:
     """One batched token per ``jax.vmap`` enclosing the current trace, outermost first.
 
     A random choice inside ``jax.vmap`` must be an independent draw per lane even when none of its operands depends on
     the mapped input (e.g. particles ``jax.vmap(lambda _: guide.simulate(params))(jnp.arange(K))``). JAX only batches
     a primitive whose operands are batched, so ``bind_sample`` adds these tokens as extra operands: the choice is then
-    batched along every enclosing ``vmap`` and the interpreter draws one value per lane."""
+    batched along every enclosing ``vmap`` and the interpreter draws one value per lane.
+
+    Also returns an id per enclosing ``vmap`` (outermost first), stable for the duration of that ``vmap``: choices
+    and costs with the same outermost id were batched by the same ``vmap`` (used for Rao-Blackwellization)."""
     import jax.numpy as jnp
     from jax._src import core as jcore
     from jax._src.interpreters import batching as jbatching
@@ -41,9 +47,12 @@ def vmap_lane_tokens() -> list:
     while isinstance(trace, jbatching.BatchTrace):
         levels.append(trace)
         trace = trace.parent_trace
-    tokens = []
+    tokens, ids = [], []
     for level in reversed(levels):
+        if not hasattr(level, "_pplvi_id"):
+            level._pplvi_id = next(_LEVEL_IDS)
+        ids.append(level._pplvi_id)
         with jcore.set_current_trace(level.parent_trace):
             value = jnp.zeros((level.axis_data.size,), jnp.int8)
         tokens.append(jbatching.BatchTracer(level, value, 0))
-    return tokens
+    return tokens, tuple(ids)

@@ -15,10 +15,15 @@ import jax.numpy as jnp
 
 
 class Dual(NamedTuple):
-    """A value and its tangent (``None`` means zero)."""
+    """A value and its tangent (``None`` means zero).
+
+    A continuation's result may also carry ``costs``: for each ``jax.vmap`` (by id) the per-lane sums of the costs
+    emitted by ``pplvi.add_cost`` inside it, downstream of the current point. Score-function estimators use them to
+    multiply each lane's score only by that lane's own downstream costs (Rao-Blackwellization)."""
 
     primal: Any
     tangent: Any = None
+    costs: Any = None
 
 
 def is_float(x) -> bool:
@@ -81,10 +86,11 @@ class DualDistribution:
     :class:`Dual` whose tangent is the forward-mode derivative with respect to the distribution's parameters.
     """
 
-    def __init__(self, tree, leaves: list[Dual], lanes: tuple[int, ...], addr: str):
+    def __init__(self, tree, leaves: list[Dual], lanes: tuple[int, ...], addr: str, lane_ids: tuple[int, ...] = ()):
         self.tree = tree
         self.leaves = leaves
         self.lanes = tuple(lanes)
+        self.lane_ids = tuple(lane_ids)
         self.addr = addr
         shapes = [jnp.shape(leaf.primal)[len(self.lanes):] for leaf in leaves]
         example = jax.tree_util.tree_unflatten(

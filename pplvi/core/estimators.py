@@ -11,9 +11,12 @@ directional derivative of the expectation. Reverse mode comes for free: every ru
 Two ways to write an estimator (subclass :class:`Estimator`, an ``equinox.Module``):
 
 * ``local(key, dist) -> (x, S, Sb)`` for estimators that need only the *value* of the continuation
-  (pathwise and score-function families). ``x`` is the draw (a Dual), and the contribution to the tangent is
-  ``v * S - Sb`` where ``v`` is the objective's value. Such estimators also work inside ``lax.scan``, ``cond`` and
-  ``while_loop``, where pplvi accumulates ``S`` and ``Sb`` through the loop.
+  (pathwise and score-function families). ``x`` is the draw (a Dual); ``S`` and ``Sb`` are per-lane tangents (shape
+  ``dist.lanes``, or ``None``) and the contribution to the tangent is :math:`\sum_\ell v_\ell S_\ell - Sb_\ell`.
+  Here :math:`v_\ell` is the value of everything downstream that lane :math:`\ell` can influence: the costs that
+  lane emits with ``pplvi.add_cost`` inside the same ``jax.vmap``, plus every other downstream cost and the return
+  value (Rao-Blackwellization; without ``add_cost`` it is the whole objective). Such estimators also work inside
+  ``lax.scan``, ``cond`` and ``while_loop``, where pplvi accumulates ``S`` and ``Sb`` through the loop.
 * ``jvp(key, dist, kont) -> Dual`` for estimators that need to call the continuation (enumeration, measure-valued
   derivatives, multi-sample estimators). Set ``needs_continuation = True``.
 
@@ -52,13 +55,29 @@ class Estimator(eqx.Module):
 
     def jvp(self, key, dist: DualDistribution, kont: Continuation) -> Dual:
         x, score, offset = self.local(key, dist)
-        out = kont(x)
-        tangent = out.tangent
-        if score is not None:
-            tangent = add_tangents(tangent, out.primal * score)
-        if offset is not None:
-            tangent = add_tangents(tangent, -offset)
-        return Dual(out.primal, tangent)
+        return rao_blackwellize(kont(x), dist, score, offset)
+
+
+def rao_blackwellize(out: Dual, dist: DualDistribution, score, offset) -> Dual:
+    r"""Add per-lane score terms to the continuation's dual ``out``: :math:`\sum_\ell v_\ell S_\ell - Sb_\ell`.
+
+    When the continuation reports per-lane costs for the ``vmap`` that batched this choice (outermost lane axis),
+    lane :math:`\ell`'s score multiplies its own costs plus the rest (costs outside that ``vmap`` and the return
+    value), not the other lanes' costs: those do not depend on lane :math:`\ell`'s draw, so dropping them keeps the
+    estimator unbiased and removes variance that would otherwise grow with the batch size."""
+    tangent = out.tangent
+    if score is not None:
+        costs = out.costs or {}
+        lane_costs = costs.get(dist.lane_ids[0]) if dist.lane_ids else None
+        if lane_costs is not None and lane_costs.shape == (dist.lanes[0],):
+            per_lane = score.reshape(dist.lanes[0], -1).sum(-1)
+            rest = out.primal - jnp.sum(lane_costs)
+            tangent = add_tangents(tangent, jnp.sum(per_lane * lane_costs) + rest * jnp.sum(score))
+        else:
+            tangent = add_tangents(tangent, out.primal * jnp.sum(score))
+    if offset is not None:
+        tangent = add_tangents(tangent, -jnp.sum(offset))
+    return Dual(out.primal, tangent, out.costs)
 
 
 class Reparam(Estimator):
@@ -84,8 +103,7 @@ class Reinforce(Estimator):
 
     def local(self, key, dist):
         x = dist.sample(key)
-        s = dist.score(x)
-        return Dual(x, None), None if s is None else s.sum(), None
+        return Dual(x, None), dist.score(x), None
 
 
 class Baseline(Estimator):
@@ -117,13 +135,12 @@ class Baseline(Estimator):
                 f"baseline at '{dist.addr}': the baseline has shape {jnp.shape(b.primal)} but must be a scalar "
                 f"per lane (lanes {dist.lanes})."
             )
-        s = dist.score(x)
-        score = None if s is None else s.sum()
-        offset = None if s is None else (jax.lax.stop_gradient(b_lane) * s).sum()
+        score = dist.score(x)
+        offset = None if score is None else jax.lax.stop_gradient(b_lane) * score
         if self.learned and b.tangent is not None:
             db = jnp.broadcast_to(b.tangent, dist.lanes)
-            score = add_tangents(score, db.sum())
-            offset = add_tangents(offset, (jax.lax.stop_gradient(b_lane) * db).sum())
+            score = add_tangents(score, db)
+            offset = add_tangents(offset, jax.lax.stop_gradient(b_lane) * db)
         return Dual(x, None), score, offset
 
 
@@ -198,7 +215,7 @@ class Enum(Estimator):
         dp = jnp.exp(lpk) * dlpk
         candidates = jnp.broadcast_to(vals, (dist.components,) + vals.shape)
         f = _component_evals(dist, x, candidates, kont)
-        return Dual(out.primal, add_tangents(out.tangent, jnp.sum(dp * f)))
+        return Dual(out.primal, add_tangents(out.tangent, jnp.sum(dp * f)), out.costs)
 
 
 _MVD_FAMILIES = (nd.BernoulliProbs, nd.BernoulliLogits, nd.CategoricalProbs, nd.CategoricalLogits, nd.Normal)
@@ -263,7 +280,7 @@ class MVD(Estimator):
                 extra = extra + jnp.sum(loc.tangent.reshape(C) / (sigma * math.sqrt(2 * math.pi)) * (f[:, 0] - f[:, 1]))
             if scale.tangent is not None:
                 extra = extra + jnp.sum(scale.tangent.reshape(C) / sigma * (f[:, 2] - v))
-        return Dual(v, add_tangents(out.tangent, extra))
+        return Dual(v, add_tangents(out.tangent, extra), out.costs)
 
 
 reparam = Reparam()

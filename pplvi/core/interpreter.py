@@ -23,6 +23,7 @@ Reading order:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 from pplvi.core import _jax_private
 from pplvi.core.dual import Continuation, Dual, DualDistribution, add_tangents, instantiate, jvp
 from pplvi.core.errors import EstimatorError
-from pplvi.core.primitives import random_sites, sample_p, subjaxprs
+from pplvi.core.primitives import cost_p, random_sites, sample_p, subjaxprs
 
 _CALLS = ("jit", "pjit", "closed_call", "core_call", "remat", "checkpoint")
 
@@ -63,15 +64,6 @@ def _eval_eqn(eqn, ins: list[Dual]) -> list[Dual]:
     return [Dual(o, t) for o, t in zip(out, tan)]
 
 
-def _with_score(result: Dual, score, offset) -> Dual:
-    tangent = result.tangent
-    if score is not None:
-        tangent = add_tangents(tangent, result.primal * score)
-    if offset is not None:
-        tangent = add_tangents(tangent, -offset)
-    return Dual(result.primal, tangent)
-
-
 def _stack_duals(items: list[Dual]) -> Dual:
     primal = jnp.stack([d.primal for d in items])
     if all(d.tangent is None for d in items):
@@ -88,7 +80,7 @@ class Interpreter:
 
     # -- queries -------------------------------------------------------------------------------------------------
     def sites(self, eqn) -> list:
-        if eqn.primitive is sample_p:
+        if eqn.primitive is sample_p or eqn.primitive is cost_p:
             return [eqn]
         key = id(eqn)
         if key not in self._memo:
@@ -96,7 +88,11 @@ class Interpreter:
         return self._memo[key]
 
     def needs_continuation(self, eqn) -> list[str]:
-        return [s.params["addr"] for s in self.sites(eqn) if _estimator_class(s).needs_continuation]
+        return [
+            s.params["addr"]
+            for s in self.sites(eqn)
+            if s.primitive is sample_p and _estimator_class(s).needs_continuation
+        ]
 
     # -- continuation-passing walk -------------------------------------------------------------------------------
     def run_jaxpr(self, closed, ins: list[Dual], key, done: Callable, tan: bool):
@@ -122,6 +118,9 @@ class Interpreter:
                 continue
             if eqn.primitive is sample_p:
                 return self._site(eqns, i, env, ins, key, done, tan)
+            if eqn.primitive is cost_p:
+                env[eqn.outvars[0]] = ins[0]
+                return _add_cost(self.run(eqns, i + 1, env, key, done, tan), ins[0], eqn.params)
             name = eqn.primitive.name
 
             def after(outs, key, tan, i=i, eqn=eqn, env=env):
@@ -143,9 +142,9 @@ class Interpreter:
                     "for scans / fori_loops of static length."
                 )
             key, sub = jax.random.split(key)
-            outs, score, offset = self.local_eqn(eqn, ins, sub, tan)
+            outs, effects = self.local_eqn(eqn, ins, sub, tan)
             env.update(zip(eqn.outvars, outs))
-            return _with_score(self.run(eqns, i + 1, env, key, done, tan), score, offset)
+            return _with_effects(self.run(eqns, i + 1, env, key, done, tan), effects)
         return done(env, key, tan)
 
     def _site(self, eqns, i, env, ins, key, done, tan):
@@ -170,6 +169,7 @@ class Interpreter:
         def branch(closed):
             def fn(key):
                 d = self.run_jaxpr(closed, ops, key, after, tan)
+                d = Dual(d.primal, d.tangent)  # per-lane costs may differ between branches: not reported upward
                 return instantiate(d) if tan else Dual(d.primal, None)
 
             return fn
@@ -201,14 +201,21 @@ class Interpreter:
 
     # -- local evaluation (inside loops and branches) -----------------------------------------------------------
     def local_jaxpr(self, closed, ins: list[Dual], key, tan):
+        """Evaluate without continuations; returns the outputs and the accumulated :class:`Effects`."""
         jaxpr = closed.jaxpr
         env = dict(zip(jaxpr.constvars, [Dual(c, None) for c in closed.consts]))
         env.update(zip(jaxpr.invars, _strip(ins, tan)))
-        score = offset = None
+        effects = Effects()
         for eqn in jaxpr.eqns:
             e_ins = [_read(env, v, tan) for v in eqn.invars]
             if not self.sites(eqn):
                 env.update(zip(eqn.outvars, _strip(_eval_eqn(eqn, e_ins), tan)))
+                continue
+            if eqn.primitive is cost_p:
+                value = e_ins[0]
+                tangent = None if value.tangent is None else jnp.sum(value.tangent)
+                effects = effects.add(Effects(cost=jnp.sum(value.primal), cost_tangent=tangent))
+                env[eqn.outvars[0]] = value
                 continue
             key, sub = jax.random.split(key)
             if eqn.primitive is sample_p:
@@ -216,12 +223,13 @@ class Interpreter:
                 est.check(dist)
                 x, s, b = est.local(sub, dist)
                 outs = [x if tan else Dual(x.primal, None)]
+                if tan:
+                    effects = effects.add(Effects(score=_total(s), offset=_total(b)))
             else:
-                outs, s, b = self.local_eqn(eqn, e_ins, sub, tan)
-            if tan:
-                score, offset = add_tangents(score, s), add_tangents(offset, b)
+                outs, inner = self.local_eqn(eqn, e_ins, sub, tan)
+                effects = effects.add(inner)
             env.update(zip(eqn.outvars, outs))
-        return [_read(env, v, tan) for v in jaxpr.outvars], score, offset
+        return [_read(env, v, tan) for v in jaxpr.outvars], effects
 
     def local_eqn(self, eqn, ins, key, tan):
         name = eqn.primitive.name
@@ -233,7 +241,7 @@ class Interpreter:
             return self._local_cond(eqn, ins, key, tan)
         if name == "while":
             return self._local_while(eqn, ins, key, tan)
-        addrs = [s.params["addr"] for s in self.sites(eqn)]
+        addrs = [s.params.get("addr", "add_cost") for s in self.sites(eqn)]
         raise EstimatorError(
             f"the random choice(s) {addrs} sit inside `{name}`, which pplvi cannot differentiate through "
             "soundly. Move them out of it (custom_jvp / custom_vjp / checkpoint functions are opaque to pplvi)."
@@ -244,34 +252,34 @@ class Interpreter:
         body = eqn.params["jaxpr"]
         consts, init, xs = ins[:n_consts], ins[n_consts:n_consts + n_carry], ins[n_consts + n_carry:]
         init = [instantiate(d) for d in init] if tan else init
-        zero = jnp.zeros(())
 
         def fn(state, x_t):
-            carry, score, offset, key = state
+            carry, effects, key = state
             key, sub = jax.random.split(key)
             x_t = [Dual(p, t) for p, t in x_t]
-            outs, s, b = self.local_jaxpr(body, consts + list(carry) + x_t, sub, tan)
+            outs, inner = self.local_jaxpr(body, consts + list(carry) + x_t, sub, tan)
             new_carry = [instantiate(o) if tan else o for o in outs[:n_carry]]
             ys = [instantiate(o) if tan else o for o in outs[n_carry:]]
-            if tan:
-                score, offset = score + _or_zero(s), offset + _or_zero(b)
-            return (new_carry, score, offset, key), [(y.primal, y.tangent) for y in ys]
+            return (new_carry, effects.add(inner).dense(tan), key), [(y.primal, y.tangent) for y in ys]
 
         xs_in = [(x.primal, x.tangent) for x in xs]
-        (carry, score, offset, _), ys = jax.lax.scan(
-            fn, (list(init), zero, zero, key), xs_in, length=eqn.params["length"], reverse=eqn.params["reverse"]
+        (carry, effects, _), ys = jax.lax.scan(
+            fn,
+            (list(init), Effects().dense(tan), key),
+            xs_in,
+            length=eqn.params["length"],
+            reverse=eqn.params["reverse"],
         )
-        outs = list(carry) + [Dual(p, t) for p, t in ys]
-        return outs, (score if tan else None), (offset if tan else None)
+        return list(carry) + [Dual(p, t) for p, t in ys], effects
 
     def _local_cond(self, eqn, ins, key, tan):
         index, ops = ins[0].primal, ins[1:]
 
         def branch(closed):
             def fn(key):
-                outs, s, b = self.local_jaxpr(closed, ops, key, tan)
+                outs, effects = self.local_jaxpr(closed, ops, key, tan)
                 outs = [instantiate(o) if tan else Dual(o.primal, None) for o in outs]
-                return outs, (_or_zero(s) if tan else None), (_or_zero(b) if tan else None)
+                return outs, effects.dense(tan)
 
             return fn
 
@@ -286,7 +294,6 @@ class Interpreter:
                 "random choices inside a while_loop's condition are not supported; draw them in the body."
             )
         init = [instantiate(d) for d in init] if tan else init
-        zero = jnp.zeros(())
 
         def cond_fn(state):
             carry = state[0]
@@ -294,16 +301,64 @@ class Interpreter:
             return fn(*[c.primal for c in cconsts], *[c.primal for c in carry])[0]
 
         def body_fn(state):
-            carry, score, offset, key = state
+            carry, effects, key = state
             key, sub = jax.random.split(key)
-            outs, s, b = self.local_jaxpr(p["body_jaxpr"], bconsts + list(carry), sub, tan)
+            outs, inner = self.local_jaxpr(p["body_jaxpr"], bconsts + list(carry), sub, tan)
             outs = [instantiate(o) if tan else o for o in outs]
-            if tan:
-                score, offset = score + _or_zero(s), offset + _or_zero(b)
-            return outs, score, offset, key
+            return outs, effects.add(inner).dense(tan), key
 
-        carry, score, offset, _ = jax.lax.while_loop(cond_fn, body_fn, (list(init), zero, zero, key))
-        return list(carry), (score if tan else None), (offset if tan else None)
+        carry, effects, _ = jax.lax.while_loop(cond_fn, body_fn, (list(init), Effects().dense(tan), key))
+        return list(carry), effects
+
+
+class Effects(NamedTuple):
+    """What a loop or branch evaluated without continuations leaves for the rest of the program: the summed scores
+    ``S`` and baseline offsets ``Sb`` of its score-function choices, and the costs it emitted (value, tangent)."""
+
+    score: Any = None
+    offset: Any = None
+    cost: Any = None
+    cost_tangent: Any = None
+
+    def add(self, other: Effects) -> Effects:
+        return Effects(*[add_tangents(a, b) for a, b in zip(self, other)])
+
+    def dense(self, tan: bool) -> Effects:
+        """Explicit zeros where a loop carry needs a static structure."""
+        if not tan:
+            return Effects(cost=_or_zero(self.cost))
+        return Effects(*[_or_zero(x) for x in self])
+
+
+def _total(x):
+    return None if x is None else jnp.sum(x)
+
+
+def _with_effects(result: Dual, effects: Effects) -> Dual:
+    """The rest of the program's dual plus a loop's effects: costs add to the value; scores multiply the value of
+    everything downstream of the loop's choices (the rest of the program and, conservatively, all the loop's costs)."""
+    primal, tangent = result.primal, result.tangent
+    if effects.cost is not None:
+        primal = primal + effects.cost
+    tangent = add_tangents(tangent, effects.cost_tangent)
+    if effects.score is not None:
+        tangent = add_tangents(tangent, primal * effects.score)
+    if effects.offset is not None:
+        tangent = add_tangents(tangent, -effects.offset)
+    return Dual(primal, tangent, result.costs)
+
+
+def _add_cost(result: Dual, value: Dual, params) -> Dual:
+    """A cost emitted at this point: added to the objective, and reported per lane for Rao-Blackwellization."""
+    primal = result.primal + jnp.sum(value.primal)
+    tangent = result.tangent if value.tangent is None else add_tangents(result.tangent, jnp.sum(value.tangent))
+    costs = result.costs
+    if params["lane_ids"]:
+        lane = params["lane_ids"][0]
+        per_lane = jnp.sum(jnp.reshape(value.primal, (params["lanes"][0], -1)), axis=1)
+        costs = dict(costs or {})
+        costs[lane] = per_lane if lane not in costs else costs[lane] + per_lane
+    return Dual(primal, tangent, costs)
 
 
 def _or_zero(x):
@@ -320,7 +375,7 @@ def _call_jaxpr(eqn):
 def _site_views(eqn, ins):
     p = eqn.params
     n = p["n_dist"]
-    dist = DualDistribution(p["dist_tree"], ins[:n], p["lanes"], p["addr"])
+    dist = DualDistribution(p["dist_tree"], ins[:n], p["lanes"], p["addr"], p["lane_ids"])
     est = eqx.combine(
         jax.tree_util.tree_unflatten(p["est_tree"], list(ins[n:n + p["n_est"]])),
         p["est_static"],

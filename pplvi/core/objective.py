@@ -26,6 +26,7 @@ from pplvi.core.dual import Dual, is_float
 from pplvi.core.errors import ObjectiveError, PPLVIError
 from pplvi.core.gen import STAGE, _Run, _stack, in_objective
 from pplvi.core.interpreter import evaluate
+from pplvi.core.primitives import bind_cost
 
 
 def _arrayify(tree):
@@ -206,6 +207,27 @@ def _value_and_grad_fn(obj: Objective, key, args, argnums):
 
 def _value_and_grad(obj, key, args, argnums):
     return _jitted(obj, "value_and_grad", _value_and_grad_fn, key, args, (argnums,))
+
+
+def add_cost(value):
+    r"""Add ``sum(value)`` to the objective at this point of the program; returns ``value``.
+
+    An objective's value is its return value plus every cost it emits. Emitting costs where they arise lets pplvi
+    Rao-Blackwellize score-function estimators: a choice's score multiplies only the costs emitted *after* it (those
+    emitted before cannot depend on it), and inside ``jax.vmap`` a lane's score multiplies only the costs emitted by
+    the same lane (lanes of one ``vmap`` are independent given everything outside it), plus the costs outside that
+    ``vmap`` and the return value. Writing a minibatch objective as
+
+    .. code-block:: python
+
+        jax.vmap(lambda x: pplvi.add_cost(per_datum_elbo(params, x) / batch))(xs)
+        return 0.0
+
+    keeps the variance of each datum's gradient independent of the batch size (cf. Pyro's TraceGraph_ELBO and
+    genjax.vi's ``add_cost``)."""
+    if not in_objective():
+        raise ObjectiveError("pplvi.add_cost(...) can only be called inside an @pplvi.objective.")
+    return bind_cost(value)
 
 
 def objective(fn: Callable | None = None, *, unroll: bool = False):

@@ -39,7 +39,7 @@ def bind_sample(addr: str, dist: Any, estimator: Any) -> jax.Array:
     out = jax.eval_shape(
         lambda leaves: jax.tree_util.tree_unflatten(dist_tree, leaves).sample(jax.random.key(0)), dist_leaves
     )
-    tokens = _jax_private.vmap_lane_tokens()
+    tokens, lane_ids = _jax_private.vmap_lane_tokens()
     return sample_p.bind(
         *dist_leaves,
         *est_leaves,
@@ -50,24 +50,28 @@ def bind_sample(addr: str, dist: Any, estimator: Any) -> jax.Array:
         est_static=est_static,
         n_dist=len(dist_leaves),
         n_est=len(est_leaves),
+        lane_ids=lane_ids,
         shape=tuple(out.shape),
         dtype=out.dtype,
         lanes=(),
     )
 
 
-def _abstract_eval(*avals, addr, dist_tree, est_tree, est_static, n_dist, n_est, shape, dtype, lanes):
+def _abstract_eval(*avals, addr, dist_tree, est_tree, est_static, n_dist, n_est, lane_ids, shape, dtype, lanes):
     return jax.core.ShapedArray(tuple(lanes) + tuple(shape), dtype)
 
 
-def _batch(args, dims, *, lanes, **params):
-    # an unbatched operand has batch dim None
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    moved = [
-        jnp.broadcast_to(a, (size,) + jnp.shape(a)) if d is None else jnp.moveaxis(a, d, 0)
-        for a, d in zip(args, dims)
-    ]
-    return sample_p.bind(*moved, lanes=(size,) + tuple(lanes), **params), 0
+def _batcher(primitive):
+    def batch(args, dims, *, lanes, **params):
+        # an unbatched operand has batch dim None; every operand gets the new lane axis in front
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        moved = [
+            jnp.broadcast_to(a, (size,) + jnp.shape(a)) if d is None else jnp.moveaxis(a, d, 0)
+            for a, d in zip(args, dims)
+        ]
+        return primitive.bind(*moved, lanes=(size,) + tuple(lanes), **params), 0
+
+    return batch
 
 
 def _no_jvp(primals, tangents, *, addr, **_):
@@ -88,9 +92,27 @@ def _no_lowering(ctx, *args, addr, **_):
 
 sample_p.def_abstract_eval(_abstract_eval)
 sample_p.def_impl(lambda *args, addr, **_: _no_lowering(None, addr=addr))
-batching.primitive_batchers[sample_p] = _batch
+batching.primitive_batchers[sample_p] = _batcher(sample_p)
 ad.primitive_jvps[sample_p] = _no_jvp
 mlir.register_lowering(sample_p, _no_lowering)
+
+
+# -- costs ------------------------------------------------------------------------------------------------------
+cost_p = Primitive("pplvi_cost")
+
+
+def bind_cost(value) -> jax.Array:
+    """Stage ``pplvi.add_cost(value)``: an additive term of the objective emitted at this point of the program."""
+    value = jnp.asarray(value)
+    tokens, lane_ids = _jax_private.vmap_lane_tokens()
+    return cost_p.bind(value, *tokens, lane_ids=lane_ids, lanes=())
+
+
+cost_p.def_abstract_eval(lambda value, *tokens, lane_ids, lanes: value)
+cost_p.def_impl(lambda *args, **_: _no_lowering(None, addr="add_cost"))
+batching.primitive_batchers[cost_p] = _batcher(cost_p)
+ad.primitive_jvps[cost_p] = lambda primals, tangents, **_: _no_jvp(primals, tangents, addr="add_cost")
+mlir.register_lowering(cost_p, lambda ctx, *args, **_: _no_lowering(ctx, addr="add_cost"))
 
 
 def _subjaxprs(params: dict) -> list[Jaxpr]:
@@ -105,10 +127,10 @@ def _subjaxprs(params: dict) -> list[Jaxpr]:
 
 
 def random_sites(jaxpr: Jaxpr) -> list:
-    """All ``sample_p`` equations in ``jaxpr`` and, recursively, in the jaxprs its equations carry."""
+    """All ``sample_p`` and ``cost_p`` equations in ``jaxpr`` and, recursively, in the jaxprs its equations carry."""
     sites = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive is sample_p:
+        if eqn.primitive is sample_p or eqn.primitive is cost_p:
             sites.append(eqn)
         else:
             for sub in _subjaxprs(eqn.params):
