@@ -1,16 +1,17 @@
-# pplvi: `make demo` trains a model with a user-written objective; `make test` runs lint + tests.
+# pplvi: `make demo` trains a model with a user-written objective; `make test` runs lint + tests;
+# `make docs` builds the documentation site into site/ (strict: warnings fail).
 PYTHON ?= python3.12
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-dev-docs
 export PPLVI_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench docs venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -19,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/pplvi demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check pplvi tests benchmarks examples
+	$(PY) -m ruff check pplvi tests benchmarks examples docs
 
 test: lint
 	$(PY) -m pytest -n 2 --dist loadfile tests
@@ -27,5 +28,9 @@ test: lint
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
+# The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site
