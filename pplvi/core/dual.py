@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pplvi.core import densities
+
 
 class Dual(NamedTuple):
     """A value and its tangent (``None`` means zero).
@@ -145,7 +147,7 @@ class DualDistribution:
 
     def log_prob(self, x) -> Dual:
         """Per-component log density of ``x`` (shape ``lanes + batch_shape``), with its parameter tangent."""
-        return self.map(lambda d, v: d.log_prob(v), x)
+        return self.map(lambda d, v: densities.log_prob(d, v), x)
 
     def score(self, x):
         """Per-lane score: the tangent of ``log p(x)`` summed over batch dims (shape ``lanes``), or ``None``."""

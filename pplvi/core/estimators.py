@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 
+from pplvi.core import densities
 from pplvi.core.dual import Continuation, Dual, DualDistribution, add_tangents
 from pplvi.core.errors import EstimatorError
 
@@ -209,7 +210,7 @@ class Enum(Estimator):
         K = vals.shape[0]
         nb = len(dist.batch_shape)
         shaped = vals.reshape((K,) + (1,) * nb + dist.event_shape)
-        lp = dist.map(lambda d: d.log_prob(shaped))  # lanes + (K,) + batch
+        lp = dist.map(lambda d: densities.log_prob(d, shaped))  # lanes + (K,) + batch
         lpk = jnp.moveaxis(lp.primal, len(dist.lanes), -1).reshape(dist.components, K)
         dlpk = jnp.moveaxis(lp.tangent, len(dist.lanes), -1).reshape(dist.components, K)
         dp = jnp.exp(lpk) * dlpk

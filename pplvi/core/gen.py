@@ -31,6 +31,7 @@ import numpy as np
 import numpyro.distributions as nd
 from jax.extend.core import get_opaque_trace_state
 
+from pplvi.core.densities import log_prob
 from pplvi.core.errors import AddressError, ObjectiveError, SupportError
 from pplvi.core.estimators import Estimator, default_estimator
 from pplvi.core.primitives import bind_sample
@@ -123,13 +124,13 @@ class _Run:
         self.claim(addr)
         if obs is not None:
             _check_support(self.path(addr), dist, obs)
-            self.log_probs[addr] = jnp.sum(dist.log_prob(obs))
+            self.log_probs[addr] = jnp.sum(log_prob(dist, obs))
             self.weight = self.weight + self.log_probs[addr]  # observations are constraints of the model
             return obs
         if self.mode in (ASSESS, GENERATE) and addr in self.constraints:
             x = jnp.asarray(self.constraints[addr])
             _check_support(self.path(addr), dist, x)
-            lp = jnp.sum(dist.log_prob(x))
+            lp = jnp.sum(log_prob(dist, x))
             self.weight = self.weight + lp
         elif self.mode == ASSESS:
             given = sorted(self.constraints)
@@ -148,7 +149,7 @@ class _Run:
                 x = bind_sample(self.path(addr), dist, est)
             else:
                 x = dist.sample(self.next_key())
-            lp = jnp.sum(dist.log_prob(x))
+            lp = jnp.sum(log_prob(dist, x))
         self.choices[addr] = x
         self.log_probs[addr] = lp
         self.dists[addr] = dist
