@@ -25,8 +25,10 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
+# Every suite in --quick mode (a few minutes each on 2 cores); run a suite alone with `pplvi bench SUITE [--quick]`.
 bench: $(STAMP)
-	$(PY) benchmarks/overhead.py
+	for suite in overhead rao_blackwell vs_numpyro vs_genjax scaling; do $(PY) benchmarks/$$suite.py --quick || exit 1; done
+	$(PY) benchmarks/report.py
 
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
 docs: $(STAMP)

@@ -207,6 +207,8 @@ def render_value(name: str, value: Any, level: int) -> str:
 def description(suite: str, benchmarks: Path) -> str:
     """The docstring of ``benchmarks/<suite>.py`` as Markdown: its first paragraph, the rest in a folded note."""
     script = benchmarks / f"{suite}.py"
+    if not script.is_file():  # suites comparing against a library are named vs_<library>.py
+        script = benchmarks / f"vs_{suite}.py"
     try:
         doc = ast.get_docstring(ast.parse(script.read_text()))
     except (OSError, SyntaxError, ValueError):
@@ -215,7 +217,7 @@ def description(suite: str, benchmarks: Path) -> str:
         return ""
     text = _rst().convert(doc)
     first, _, rest = text.partition("\n\n")
-    source = f"Written by `benchmarks/{suite}.py`."
+    source = f"Written by `benchmarks/{script.name}`."
     rest = rest.strip("\n")
     if not rest:
         return f"{first}\n\n{source}"

@@ -298,7 +298,7 @@ def _bench_dirs() -> list[Path]:
 
 def _suites() -> list[str]:
     dirs = [d for d in _bench_dirs() if d.is_dir()]
-    return sorted({p.stem for d in dirs for p in d.glob("*.py") if not p.name.startswith("_")})
+    return sorted({p.stem.removeprefix("vs_") for d in dirs for p in d.glob("*.py") if not p.name.startswith("_")})
 
 
 def run_bench(args) -> int:
@@ -308,9 +308,9 @@ def run_bench(args) -> int:
     if not args.suite.replace("_", "").replace("-", "").isalnum():
         raise PPLVIError(f"bench: {args.suite!r} is not a suite name (available: {available})")
     for d in _bench_dirs():
-        script = d / f"{args.suite}.py"
-        if script.is_file():
-            return subprocess.call([sys.executable, str(script), *args.args], cwd=d.parent)
+        for script in (d / f"{args.suite}.py", d / f"vs_{args.suite}.py"):  # vs_<library>.py: see benchmarks/README
+            if script.is_file():
+                return subprocess.call([sys.executable, str(script), *args.args], cwd=d.parent)
     where = " or ".join(str(d) for d in _bench_dirs())
     raise PPLVIError(
         f"bench: no suite {args.suite!r}: {args.suite}.py is not in {where} (available: {available})"

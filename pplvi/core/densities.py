@@ -15,14 +15,28 @@ import numpyro.distributions as nd
 from jax.scipy.special import gammaln
 
 
+@jax.custom_jvp
+def softplus(x):
+    """``log(1 + exp(x))``, stably, with derivative ``sigmoid(x)`` computed from the same ``exp(-|x|)``."""
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    e = jnp.exp(-jnp.abs(x))
+    sigmoid = jnp.where(x >= 0, 1.0, e) / (1.0 + e)
+    return jnp.maximum(x, 0.0) + jnp.log1p(e), sigmoid * dx
+
+
 def log_prob(dist, value):
     """``dist.log_prob(value)`` with correct derivatives at ``logits = 0`` for Bernoulli and Binomial."""
     if isinstance(dist, nd.BernoulliLogits):
-        return value * dist.logits - jax.nn.softplus(dist.logits)
+        return value * dist.logits - softplus(dist.logits)
     if isinstance(dist, nd.BinomialLogits):
         n = dist.total_count
         norm = gammaln(n + 1.0) - gammaln(value + 1.0) - gammaln(n - value + 1.0)
-        return norm + value * dist.logits - n * jax.nn.softplus(dist.logits)
+        return norm + value * dist.logits - n * softplus(dist.logits)
     if isinstance(dist, nd.Independent):
         lp = log_prob(dist.base_dist, value)
         ndims = dist.reinterpreted_batch_ndims

@@ -155,14 +155,16 @@ def _component_evals(dist: DualDistribution, x, candidates, kont: Continuation) 
     """``f[c, k]``: the continuation's value with component ``c`` of ``x`` replaced by ``candidates[c, k]``.
 
     ``candidates`` has shape ``(C, K) + event_shape``; the other components keep their sampled values."""
-    flat = x.reshape((dist.components,) + dist.event_shape)
+    C = dist.components
+    flat = x.reshape((C,) + dist.event_shape)
+    event_axes = (1,) * len(dist.event_shape)
 
     def one(c, value):
-        return kont.primal(flat.at[c].set(value).reshape(x.shape))
+        # select instead of a scatter (.at[c].set): same result, much faster on XLA:CPU
+        hit = (jnp.arange(C) == c).reshape((C,) + event_axes)
+        return kont.primal(jnp.where(hit, value, flat).reshape(x.shape))
 
-    return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, 0))(
-        jnp.arange(dist.components), candidates
-    )
+    return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, 0))(jnp.arange(C), candidates)
 
 
 class Enum(Estimator):
