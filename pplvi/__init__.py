@@ -33,6 +33,7 @@ from pplvi.core.estimators import (
 from pplvi.core.gen import GenerativeFunction, Trace, cond, gen, sample, scan, switch, vmap, with_estimators
 from pplvi.core.objective import Objective, add_cost, objective
 from pplvi.inference import marginal, normalize
+from pplvi.train import fit
 
 __version__ = "0.1.0"
 
@@ -41,5 +42,5 @@ __all__ = [
     "EstimatorError", "GenerativeFunction", "MVD", "Objective", "ObjectiveError", "PPLVIError", "Reinforce",
     "Reparam", "SupportError", "Trace", "baseline", "default_estimator", "enum", "enum_sequential", "gen", "mvd",
     "objective", "marginal", "normalize", "cond", "switch", "reinforce", "reparam", "sample", "scan", "vmap",
-    "with_estimators", "add_cost",
+    "with_estimators", "add_cost", "fit",
 ]
