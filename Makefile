@@ -27,7 +27,7 @@ test: lint
 
 # Every suite in --quick mode (a few minutes each on 2 cores); run a suite alone with `pplvi bench SUITE [--quick]`.
 bench: $(STAMP)
-	for suite in overhead rao_blackwell vs_numpyro vs_genjax scaling; do $(PY) benchmarks/$$suite.py --quick || exit 1; done
+	for suite in overhead training_loop rao_blackwell vs_numpyro vs_genjax scaling; do $(PY) benchmarks/$$suite.py --quick || exit 1; done
 	$(PY) benchmarks/report.py
 
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).

@@ -31,8 +31,8 @@ closed over). For each case and batch size the script reports
   a call, so each of its samples is the mean of 50 back-to-back calls (single calls of that size have a
   bimodal time distribution on a loaded machine, which makes a median of single calls unstable);
 * ``pplvi_api_ms``: the same for the user-facing call ``elbo.value_and_grad(key, params, batch)`` without an
-  outer ``jax.jit``. It goes through pplvi's own ``eqx.filter_jit``, whose Python dispatch costs tens of
-  microseconds and which blocks until the result is ready;
+  outer ``jax.jit``. It goes through pplvi's own cached ``jax.jit`` (Python dispatch of tens of microseconds;
+  it returns without waiting for the result);
 * ``pplvi_flops`` / ``hand_flops``: XLA's cost analysis
   (``jit(f).lower(...).compile().cost_analysis()['flops']``) of the optimized programs; also the primitive
   counts of both jaxprs (sub-jaxprs included) and the opcode counts of both optimized HLO modules;
