@@ -81,16 +81,20 @@ class NoData:
         return np.zeros((size,), np.int32), n
 
 
+def _to_device(tree):
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
 class FullData(NoData):
     """Every step sees all of ``data``."""
 
     mode = "full"
 
-    def __init__(self, data):
+    def __init__(self, data, put=None):
         self.args = _as_args(data)
         self.n_args = len(self.args)
         leaves = _array_leaves(self.args, "data")
-        self.device_data = jax.tree_util.tree_map(jnp.asarray, self.args)
+        self.device_data = (put or _to_device)(self.args)
         self.spec = [[list(np.shape(x)), jnp.result_type(x).name] for x in leaves]
 
     def describe(self) -> dict:
@@ -111,7 +115,7 @@ class ArrayBatches(NoData):
 
     mode = "arrays"
 
-    def __init__(self, data, batch_size: int, shuffle: bool, last_batch: str, seed: np.ndarray):
+    def __init__(self, data, batch_size: int, shuffle: bool, last_batch: str, seed: np.ndarray, put=None):
         self.args = _as_args(data)
         self.n_args = len(self.args)
         leaves = _array_leaves(self.args, "data")
@@ -132,7 +136,7 @@ class ArrayBatches(NoData):
         self.batch_size, self.shuffle, self.last_batch = batch_size, shuffle, last_batch
         self.steps_per_epoch = self.n // batch_size if last_batch == "drop" else math.ceil(self.n / batch_size)
         self.seed = [int(s) for s in np.asarray(seed).reshape(-1)]
-        self.device_data = jax.tree_util.tree_map(jnp.asarray, self.args)
+        self.device_data = (put or _to_device)(self.args)
         self.spec = [[list(np.shape(x)), jnp.result_type(x).name] for x in leaves]
         self._epochs: dict[int, np.ndarray] = {}
 
@@ -285,7 +289,9 @@ class LoaderBatches(NoData):
         return jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), xs)
 
 
-def make_source(data, batch_size, shuffle: bool, last_batch: str, seed):
+def make_source(data, batch_size, shuffle: bool, last_batch: str, seed, put_full=None, put_table=None):
+    """The data source of a run. ``put_full(args)`` / ``put_table(args)`` place full data (every step sees all of
+    it) and minibatched tables (rows gathered on the device) on the devices; the default is ``jnp.asarray``."""
     if last_batch not in LAST_BATCH:
         raise PPLVIError(f"last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
@@ -302,5 +308,5 @@ def make_source(data, batch_size, shuffle: bool, last_batch: str, seed):
             )
         return LoaderBatches(data, last_batch)
     if batch_size is None:
-        return FullData(data)
-    return ArrayBatches(data, int(batch_size), shuffle, last_batch, seed)
+        return FullData(data, put_full)
+    return ArrayBatches(data, int(batch_size), shuffle, last_batch, seed, put_table)

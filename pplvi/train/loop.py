@@ -17,6 +17,7 @@ run resumed from a checkpoint repeats exactly the computation of an uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -37,6 +38,7 @@ from pplvi.core.objective import Objective
 from pplvi.train import checkpoint as ckpt
 from pplvi.train import history as hist
 from pplvi.train.data import make_source
+from pplvi.train.sharding import Placement
 
 CHECKPOINT_FORMAT = "pplvi.fit checkpoint"
 CHECKPOINT_VERSION = 1
@@ -167,6 +169,13 @@ def _restrict(grads, like):
     )
 
 
+def _host_or_device(tree):
+    """Data leaves as arrays: NumPy and JAX arrays kept as they are, Python numbers as ``jnp.asarray`` makes them
+    (the single-device path's dtypes)."""
+    return jax.tree_util.tree_map(lambda x: x if isinstance(x, (jax.Array, np.ndarray, np.generic))
+                                  else jnp.asarray(x), tree)
+
+
 def _all_finite(tree):
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(x)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -253,15 +262,16 @@ def _hashable_key(*parts):
         return None
 
 
-def _chunk_fn(objective, optimizer, static, source, skip_nonfinite, max_bad, value_dtype):
-    """The jitted chunk, shared by fit calls with the same objective, optimizer object and static structure (so a
-    second ``fit`` with the same ingredients, e.g. a resume, does not compile again)."""
+def _chunk_fn(objective, optimizer, static, source, skip_nonfinite, max_bad, value_dtype, placement=None):
+    """The jitted chunk, shared by fit calls with the same objective, optimizer object, static structure and mesh
+    (so a second ``fit`` with the same ingredients, e.g. a resume, does not compile again)."""
     leaves, treedef = jax.tree_util.tree_flatten(static)
     key = _hashable_key(objective, optimizer, treedef, tuple(leaves), type(source), skip_nonfinite, max_bad,
-                        np.dtype(value_dtype).name)
+                        np.dtype(value_dtype).name, None if placement is None else placement.cache_key())
     fn = _CHUNKS.get(key) if key is not None else None
     if fn is None:
-        fn = _make_chunk(objective, optimizer, static, type(source).batch, skip_nonfinite, max_bad, value_dtype)
+        fn = _make_chunk(objective, optimizer, static, type(source).batch, skip_nonfinite, max_bad, value_dtype,
+                         placement)
         if key is not None:
             _CHUNKS[key] = fn
             while len(_CHUNKS) > _CHUNKS_MAX:
@@ -271,7 +281,7 @@ def _chunk_fn(objective, optimizer, static, source, skip_nonfinite, max_bad, val
     return fn
 
 
-def _make_chunk(objective, optimizer, static, get_batch, skip_nonfinite, max_bad, value_dtype):
+def _make_chunk(objective, optimizer, static, get_batch, skip_nonfinite, max_bad, value_dtype, placement=None):
     takes_extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
     def run(state: _State, frozen, data, xs, start, n, k_step):
@@ -286,6 +296,8 @@ def _make_chunk(objective, optimizer, static, get_batch, skip_nonfinite, max_bad
             i, st, values, skips = carry
             step = start + i
             batch = get_batch(data, xs, i)
+            if placement is not None:  # split the batch over the data axis: XLA partitions the objective's vmap
+                batch = placement.constrain_batch(batch)
             params = eqx.combine(st.train, frozen, static)
             value, grads = objective.value_and_grad(jax.random.fold_in(k_step, step), params, *batch)
             grads = _restrict(grads, st.train)
@@ -311,7 +323,9 @@ def _make_chunk(objective, optimizer, static, get_batch, skip_nonfinite, max_bad
         done, state, values, skips = jax.lax.while_loop(cond, body, init)
         return state, values, skips, done
 
-    return jax.jit(run)
+    if placement is None:
+        return jax.jit(run)
+    return jax.jit(run, out_shardings=placement.replicated)  # state, history values: replicated on the mesh
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,6 +403,8 @@ def fit(
     chunk: int = 100,
     progress: bool | None = None,
     desc: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | tuple[str, ...] | None = "data",
 ) -> FitResult:
     """Maximize ``objective`` over ``params`` with ``optimizer`` for ``steps`` steps.
 
@@ -426,8 +442,21 @@ def fit(
             parameters and the optimizer state stay as they were. Skipped steps are counted and reported.
         max_bad_steps: stop after this many consecutive skipped steps; the returned params are the last good ones.
         chunk: the most steps per compiled call (the progress bar updates once per call). Fewer are run per call
-            when steps are slow, aiming at about 5 calls a second; this never changes the results.
+            when steps are slow, aiming at about 5 calls a second; this never changes the results. (Processes
+            sharing a mesh always run ``chunk`` steps per call.)
         progress: show a tqdm bar (objective, steps/s, ETA); ``None``: only when stderr is a terminal.
+        mesh: a ``jax.sharding.Mesh`` to run on (several devices, possibly of several processes after
+            ``jax.distributed.initialize``). Parameters, optimizer state and keys are replicated on it; each step's
+            batch is split along axis 0 over ``data_axis``, and XLA partitions the objective's ``jax.vmap`` over the
+            batch (data parallelism). Results equal the single-device run's up to floating-point reduction order.
+            Inside the objective, bare ``PartitionSpec``s refer to this mesh (``fit`` runs under
+            ``jax.set_mesh``): ``pplvi.train.shard(log_w, "particles")`` (or ``jax.lax.with_sharding_constraint(
+            log_w, P("particles"))``) splits particles over another mesh axis. Mesh axes are used as
+            ``AxisType.Auto`` (sharding propagation). Across processes, pass the same arguments everywhere; only
+            process 0 writes files. See docs/training.md, "Several devices".
+        data_axis: the mesh axis (or tuple of axes) that splits the batch; its size must divide the batch's rows
+            (``batch_size``, the full data's rows, or a loader's batch). ``None``: every device gets the whole
+            batch (e.g. to parallelize over particles only).
 
     Returns:
         a :class:`FitResult`.
@@ -450,6 +479,10 @@ def fit(
     if checkpoint_every is not None and checkpoint is None:
         raise PPLVIError("checkpoint_every= was given without checkpoint= (the file to write)")
     key = _as_key(key)
+    if mesh is None and data_axis != "data":
+        raise PPLVIError(f"data_axis={data_axis!r} names an axis of mesh=, which was not given")
+    placement = None if mesh is None else Placement(mesh, data_axis)
+    multiprocess = placement is not None and placement.multiprocess  # the mesh spans several processes
     evaluators = _evaluators(evaluate)
     if eval_every is not None and not evaluators:
         raise ObjectiveError("eval_every= was given without evaluate= (what to evaluate)")
@@ -474,7 +507,13 @@ def fit(
     train, frozen = _split(arrays, trainable)
     opt_state = _strong(optimizer.init(train))
     k_step, k_data, k_eval = jax.random.split(key, 3)
-    source = make_source(data, batch_size, shuffle, last_batch, np.asarray(jax.random.key_data(k_data)))
+    puts = {} if placement is None else {
+        "put_full": lambda args: placement.split(_host_or_device(args), 0, "data="),  # every step: all rows
+        "put_table": lambda args: placement.replicate(_host_or_device(args)),  # rows gathered on each device
+    }
+    source = make_source(data, batch_size, shuffle, last_batch, np.asarray(jax.random.key_data(k_data)), **puts)
+    if placement is not None and source.mode == "arrays":
+        placement.check_divisible(batch_size, f"batch_size={batch_size}")
 
     step, skipped, bad, stopped = 0, 0, 0, None
     values, skips, evals = [], [], _Evaluations()
@@ -489,8 +528,21 @@ def fit(
 
     # one value dtype for the history: the default float (float64 under jax_enable_x64)
     value_dtype = jnp.zeros((), float).dtype
-    run_chunk = _chunk_fn(objective, optimizer, static, source, skip_nonfinite, max_bad_steps, value_dtype)
+    run_chunk = _chunk_fn(objective, optimizer, static, source, skip_nonfinite, max_bad_steps, value_dtype,
+                          placement)
     state = _State(train, opt_state, jnp.int32(skipped), jnp.int32(bad))
+    if placement is not None:  # everything but the data replicated on the mesh
+        state, frozen, k_step, k_eval = placement.replicate((state, frozen, k_step, k_eval))
+
+    def place_xs(xs):
+        """A chunk's per-step inputs: index tables (chunk, batch) or stacked loader batches (chunk, batch, ...)
+        split along the batch axis; the dummy of the other sources replicated."""
+        if placement is None:
+            return xs
+        if source.mode in ("arrays", "loader"):
+            what = "a loader batch" if source.mode == "loader" else f"batch_size={batch_size}"
+            return placement.split(xs, 1, what)
+        return placement.replicate(xs)
 
     # `committed`: the state whose history has been read back; everything written to disk comes from it
     committed = {"state": state, "step": step, "position": source.position()}
@@ -505,6 +557,8 @@ def fit(
         return {"step": np.arange(len(v), dtype=np.int64), "objective": v, "skipped": s}
 
     def write_files(stopped_reason):
+        if multiprocess and jax.process_index() != 0:
+            return  # the state is replicated: process 0 writes it for all
         st = committed["state"]
         h = history_arrays()
         if checkpoint is not None:
@@ -522,7 +576,8 @@ def fit(
         due = final or (eval_every is not None and at % eval_every == 0)
         if not due:
             return None
-        result = _run_evaluations(evaluators, params_of(st), k_eval, at)
+        with mesh_context():
+            result = _run_evaluations(evaluators, params_of(st), k_eval, at)
         evals.add(at, result)
         return result
 
@@ -533,8 +588,13 @@ def fit(
                 stop = min(stop, (s // every + 1) * every)
         return stop
 
+    def mesh_context():
+        return contextlib.nullcontext() if placement is None else placement.context()
+
     from tqdm.auto import tqdm
 
+    if progress is None and multiprocess and jax.process_index() != 0:
+        progress = False  # one bar (process 0's) for a multi-process run
     bar = tqdm(total=steps, initial=step, unit="step", desc=desc or f"fit {name}", dynamic_ncols=True,
                disable=(not progress) if progress is not None else None)
     postfix: dict = {}
@@ -545,8 +605,9 @@ def fit(
         pending = None
         d_state, d_step = state, step
         # steps per call: at most `chunk` (the compiled buffer size), fewer when steps are slow, so that the bar
-        # updates about every TARGET_SECONDS; the step count is a traced argument, so this never recompiles
-        per_call, clock = min(chunk, 8), None
+        # updates about every TARGET_SECONDS; the step count is a traced argument, so this never recompiles.
+        # Processes sharing a mesh keep `chunk` steps per call: they must all make the same sequence of calls.
+        per_call, clock = (chunk if multiprocess else min(chunk, 8)), None
         while True:
             nxt = None
             if d_step < steps and stopped is None:
@@ -554,8 +615,9 @@ def fit(
                 xs, n = source.xs(d_step, n, chunk)
                 if n > 0:
                     try:
-                        out = run_chunk(d_state, frozen, source.device_data, xs, np.int32(d_step), np.int32(n),
-                                        k_step)
+                        with mesh_context():
+                            out = run_chunk(d_state, frozen, source.device_data, place_xs(xs), np.int32(d_step),
+                                            np.int32(n), k_step)
                     except TypeError as e:
                         if "positional argument" not in str(e):
                             raise
@@ -577,7 +639,7 @@ def fit(
                 at = start + done
                 committed.update(state=st, step=at, position=position)
                 now = time.perf_counter()
-                if clock is not None and done:  # the first chunk's time includes compilation
+                if clock is not None and done and not multiprocess:  # the first chunk's time includes compilation
                     per_call = int(np.clip(done / max(now - clock, 1e-9) * TARGET_SECONDS, 1, chunk))
                 clock = now
                 finite = vals[np.isfinite(vals)]

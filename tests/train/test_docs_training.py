@@ -6,6 +6,7 @@ import math
 import pathlib
 import re
 
+import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -30,3 +31,7 @@ def test_training_page_runs(tmp_path, monkeypatch):
     assert np.array_equal(ns["result"].evaluations["step"], [0, 200, 400, 600])
     assert (tmp_path / "runs/first/history.csv").is_file() and (tmp_path / "runs/first/history.json").is_file()
     assert ns["part"].step == 400 and ns["rest"].step == 1000 and (tmp_path / "runs/minibatch/ckpt.npz").is_file()
+    # the mesh section: a fit on a mesh (of this process's devices) matches the single-device fit
+    assert isinstance(ns["sharded"].params["loc"].sharding, jax.sharding.NamedSharding)
+    assert abs(float(ns["sharded"].params["loc"]) - float(ns["single"].params["loc"])) < 1e-4
+    assert ns["particle_fit"].step == 100 and np.isfinite(ns["particle_fit"].history["objective"]).all()
