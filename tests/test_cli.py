@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pplvi import data
@@ -118,3 +119,18 @@ def test_demo_particles_draw_independently():
 
     vae = VAE(jax.random.key(0))
     assert float(spread.estimate(jax.random.key(1), vae, jnp.zeros(784))) > 1e-3
+
+
+def test_train_vae_tiny_run_writes_metrics(tmp_path):
+    rc = main(["train", "vae", "--steps", "10", "--batch", "10", "--latent", "5", "--eval-k", "5",
+               "--test-images", "10", "--out", str(tmp_path)])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 10 and np.isfinite(metrics["test_ll_iwae_k5"])
+    assert (tmp_path / "history.csv").is_file()
+
+
+def test_train_unknown_model_is_one_line_error(capsys):
+    assert main(["train", "nosuchmodel"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model" in err[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -45,6 +46,12 @@ def terms(model: GenerativeFunction, guide: GenerativeFunction, params, *args) -
 def particles(model: GenerativeFunction, guide: GenerativeFunction, K: int, params, *args) -> Terms:
     """``K`` independent guide samples (a ``jax.vmap`` over particles); every field gains a leading axis ``K``."""
     return jax.vmap(lambda _: terms(model, guide, params, *args))(jnp.arange(K))
+
+
+def stop_gradient(tree):
+    """``jax.lax.stop_gradient`` on every array of a pytree; other leaves (e.g. an equinox module's activation
+    functions) pass through unchanged."""
+    return jax.tree_util.tree_map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree)
 
 
 def log_mean_exp(x, axis=0):

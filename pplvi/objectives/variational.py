@@ -11,7 +11,7 @@ from numpyro.distributions import kl_divergence
 
 from pplvi.core.gen import GenerativeFunction
 from pplvi.core.objective import Objective, objective
-from pplvi.objectives.terms import log_mean_exp, particles, terms
+from pplvi.objectives.terms import log_mean_exp, particles, stop_gradient, terms
 
 
 def elbo(
@@ -124,7 +124,7 @@ def stl(model: GenerativeFunction, guide: GenerativeFunction, K: int = 1) -> Obj
         def one(_):
             q = guide.simulate(params, *args)
             _, log_p = model.generate(q.choices, params, *args)
-            log_q = guide.assess(q.choices, jax.lax.stop_gradient(params), *args)
+            log_q = guide.assess(q.choices, stop_gradient(params), *args)
             return log_p - log_q
 
         return log_mean_exp(jax.vmap(one)(jnp.arange(K)))
@@ -143,7 +143,7 @@ def dreg(model: GenerativeFunction, guide: GenerativeFunction, K: int) -> Object
 
     @objective
     def dreg_objective(params, *args):
-        stopped = jax.lax.stop_gradient(params)
+        stopped = stop_gradient(params)
 
         def one(_):
             q = guide.simulate(params, *args)
@@ -177,7 +177,7 @@ def vimco(model: GenerativeFunction, guide: GenerativeFunction, K: int) -> Objec
 
     @objective
     def vimco_objective(params, *args):
-        stopped = jax.lax.stop_gradient(params)
+        stopped = stop_gradient(params)
         z = jax.vmap(lambda _: guide.simulate(stopped, *args).choices)(jnp.arange(K))
         z = jax.lax.stop_gradient(z)
         log_q = jax.vmap(lambda c: guide.assess(c, params, *args))(z)
@@ -206,7 +206,7 @@ def tail_adaptive(model: GenerativeFunction, guide: GenerativeFunction, K: int, 
         def one(_):  # log w with the guide density at stopped parameters: the gradient flows through z only
             q = guide.simulate(params, *args)
             _, log_p = model.generate(q.choices, params, *args)
-            return log_p - guide.assess(q.choices, jax.lax.stop_gradient(params), *args)
+            return log_p - guide.assess(q.choices, stop_gradient(params), *args)
 
         log_w = jax.vmap(one)(jnp.arange(K))
         lw = jax.lax.stop_gradient(log_w)

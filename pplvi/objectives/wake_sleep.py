@@ -12,11 +12,11 @@ import jax.numpy as jnp
 
 from pplvi.core.gen import GenerativeFunction
 from pplvi.core.objective import Objective, objective
-from pplvi.objectives.terms import particles
+from pplvi.objectives.terms import particles, stop_gradient
 
 
 def _normalized_weights(model, guide, K, params, *args):
-    stopped = jax.lax.stop_gradient(params)
+    stopped = stop_gradient(params)
     t = particles(model, guide, K, stopped, *args)
     return jax.lax.stop_gradient(jax.nn.softmax(t.log_weight)), jax.lax.stop_gradient(t.trace.choices)
 
@@ -60,7 +60,7 @@ def sleep(model: GenerativeFunction, guide: GenerativeFunction, data: str = "x")
 
     @objective
     def sleep_objective(params, *args):
-        dream = model.simulate(jax.lax.stop_gradient(params), *args)
+        dream = model.simulate(stop_gradient(params), *args)
         choices = jax.lax.stop_gradient(dream.choices)
         x = choices.pop(data)
         return guide.assess(choices, params, x)

@@ -222,3 +222,19 @@ def test_tail_adaptive_fits_the_posterior():
     fitted = jax.tree_util.tree_map(lambda h: h[-200:].mean(), hist)
     assert abs(fitted["loc"] - POSTERIOR["loc"]) < 0.05
     assert abs(fitted["log_scale"] - POSTERIOR["log_scale"]) < 0.1
+
+
+def test_stopped_parameter_objectives_accept_equinox_modules():
+    """stl/dreg/vimco/q_wake stop gradients of the parameters; an equinox module's non-array leaves pass through."""
+    import equinox as eqx
+
+    net = eqx.nn.MLP(1, 2, 4, 1, key=jax.random.key(0))
+
+    @pplvi.gen
+    def net_guide(params, x):
+        out = params(jnp.ones(1))
+        pplvi.sample("z", nd.Normal(out[0], jnp.exp(out[1])))
+
+    for obj in (O.stl(gauss_model, net_guide), O.dreg(gauss_model, net_guide, 4), O.q_wake(gauss_model, net_guide, 4)):
+        g = obj.grad(jax.random.key(1), net, X)
+        assert all(jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(eqx.filter(g, eqx.is_array)))
