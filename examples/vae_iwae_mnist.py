@@ -62,8 +62,9 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_grid(vae.sample_images(result.params, jax.random.key(3), 64), out / "samples.png")
-    pairs = np.stack([test[:32], vae.reconstruct(result.params, jax.random.key(4), test[:32])], 1)
-    save_grid(pairs.reshape(64, -1), out / "reconstructions.png")
+    shown = test[:32]  # each test image followed by a reconstruction
+    pairs = np.stack([shown, vae.reconstruct(result.params, jax.random.key(4), shown)], 1)
+    save_grid(pairs.reshape(2 * len(shown), -1), out / "reconstructions.png")
     print(f"wrote {out / 'samples.png'} and {out / 'reconstructions.png'}")
 
 

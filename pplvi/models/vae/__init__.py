@@ -7,7 +7,7 @@
   :func:`linear_elbo`) and the exact probabilistic-PCA check (:func:`ppca_mle`, :func:`ppca_check`).
 * Discrete-latent VAE (:class:`DiscreteVAE`: Bernoulli or Categorical latents), with :func:`discrete_model`,
   :func:`discrete_guide` and :func:`discrete_elbo` taking the guide's estimator (``"enum"``, ``"mvd"``,
-  ``"reinforce"``, ``"baseline"`` or any :class:`pplvi.Estimator`).
+  ``"reinforce"``, ``"baseline"`` or any :class:`pplvi.Estimator`), and :func:`discrete_vimco` (multi-sample).
 
 Everything trains with :func:`pplvi.fit`: ``pplvi.fit(elbo(binarize=True), GaussianVAE.mlp(key), data=images,
 batch_size=100, optimizer=optax.adam(1e-3), steps=..., key=...)``. ``python -m pplvi.models.vae reproduce`` runs
@@ -22,6 +22,7 @@ from pplvi.models.vae.discrete import (
     discrete_guide,
     discrete_log_likelihood,
     discrete_model,
+    discrete_vimco,
     exact_discrete_elbo,
     guide_with,
 )
@@ -42,7 +43,7 @@ from pplvi.models.vae.objectives import batched, importance_log_likelihood
 
 __all__ = [
     "ESTIMATORS", "ConvDecoder", "ConvEncoder", "DiscreteVAE", "GaussianVAE", "LinearGaussianVAE", "batched",
-    "discrete_elbo", "discrete_guide", "discrete_log_likelihood", "discrete_model", "elbo",
+    "discrete_elbo", "discrete_guide", "discrete_log_likelihood", "discrete_model", "discrete_vimco", "elbo",
     "exact_discrete_elbo", "exact_linear_elbo", "guide", "guide_with", "importance_log_likelihood", "iwae",
     "linear_elbo", "linear_guide", "linear_model", "load_images", "log_likelihood", "mlp", "model", "ppca_check",
     "ppca_log_likelihood", "ppca_mle", "reconstruct", "sample_images", "sample_ppca",

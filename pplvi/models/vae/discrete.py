@@ -149,6 +149,12 @@ def discrete_elbo(estimator="baseline", *, binarize: bool = False) -> pplvi.Obje
     return discrete_elbo_baseline
 
 
+def discrete_vimco(K: int, *, binarize: bool = False) -> pplvi.Objective:
+    """The IWAE bound with ``K`` particles and VIMCO's leave-one-out baselines (``O.vimco``, Mnih & Rezende 2016)
+    per image, over a minibatch."""
+    return batched(O.vimco(discrete_model, discrete_guide, K), binarize=binarize, name=f"discrete_vimco{K}")
+
+
 def exact_discrete_elbo(vae: DiscreteVAE, images) -> jax.Array:
     r"""The minibatch ELBO computed exactly, :math:`\frac1B\sum_b \sum_z q(z \mid x_b)\,[\log p(x_b, z) -
     \log q(z \mid x_b)]`, by enumerating all ``categories ** latent`` configurations (at most 65536). Differentiable:
