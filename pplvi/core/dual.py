@@ -6,6 +6,8 @@ do not depend on the parameters being differentiated carry no tangent arithmetic
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -183,3 +185,38 @@ class Continuation:
     def primal(self, x, key=None):
         x = x.primal if isinstance(x, Dual) else x
         return self._run(Dual(x, None), self._key if key is None else key, False).primal
+
+    def primal_with_costs(self, x, key=None) -> Dual:
+        """Like :meth:`primal`, but returns the whole :class:`Dual` (tangent ``None``) with its per-lane costs."""
+        x = x.primal if isinstance(x, Dual) else x
+        return self._run(Dual(x, None), self._key if key is None else key, False)
+
+    def rest_depends_on(self, x, lane_id) -> bool:
+        """Whether the value of the continuation *other than* the costs emitted by ``pplvi.add_cost`` in the lanes of
+        the ``vmap`` ``lane_id`` can depend on ``x``: a conservative dataflow check of the continuation's jaxpr
+        (traced once more, primal only, with those lane costs left out of its value). ``False`` proves that
+        changing ``x`` changes the objective only through those per-lane costs."""
+        from pplvi.core.primitives import tainted_outputs
+
+        x = x.primal if isinstance(x, Dual) else x
+        with excluding_lane_costs(lane_id):
+            closed = jax.make_jaxpr(lambda v: self.primal(v))(jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)))
+        return tainted_outputs(closed.jaxpr, [True])[0]
+
+
+_EXCLUDED_LANE_COSTS: contextvars.ContextVar[frozenset] = contextvars.ContextVar("pplvi_excluded", default=frozenset())
+
+
+@contextlib.contextmanager
+def excluding_lane_costs(lane_id):
+    """While tracing inside this context, costs emitted in the lanes of the ``vmap`` ``lane_id`` are reported per
+    lane but not added to the objective's value (used by :meth:`Continuation.rest_depends_on`)."""
+    token = _EXCLUDED_LANE_COSTS.set(_EXCLUDED_LANE_COSTS.get() | {lane_id})
+    try:
+        yield
+    finally:
+        _EXCLUDED_LANE_COSTS.reset(token)
+
+
+def lane_costs_excluded(lane_id) -> bool:
+    return lane_id in _EXCLUDED_LANE_COSTS.get()

@@ -30,7 +30,15 @@ import jax
 import jax.numpy as jnp
 
 from pplvi.core import _jax_private
-from pplvi.core.dual import Continuation, Dual, DualDistribution, add_tangents, instantiate, jvp
+from pplvi.core.dual import (
+    Continuation,
+    Dual,
+    DualDistribution,
+    add_tangents,
+    instantiate,
+    jvp,
+    lane_costs_excluded,
+)
 from pplvi.core.errors import EstimatorError
 from pplvi.core.primitives import cost_p, random_sites, sample_p, subjaxprs
 
@@ -161,7 +169,7 @@ class Interpreter:
             return self.run(eqns, i + 1, {**env, out: x if tan2 else Dual(x.primal, None)}, key, done, tan2)
 
         result = est.jvp(k_site, dist, Continuation(rest, k_rest, tan))
-        return result if tan else Dual(result.primal, None)
+        return result if tan else Dual(result.primal, None, result.costs)
 
     def _cps_cond(self, eqn, ins, key, after, tan):
         index, ops = ins[0].primal, ins[1:]
@@ -350,7 +358,10 @@ def _with_effects(result: Dual, effects: Effects) -> Dual:
 
 def _add_cost(result: Dual, value: Dual, params) -> Dual:
     """A cost emitted at this point: added to the objective, and reported per lane for Rao-Blackwellization."""
-    primal = result.primal + jnp.sum(value.primal)
+    if params["lane_ids"] and lane_costs_excluded(params["lane_ids"][0]):
+        primal = result.primal  # a dataflow probe (Continuation.rest_depends_on): these costs stay out of the value
+    else:
+        primal = result.primal + jnp.sum(value.primal)
     tangent = result.tangent if value.tangent is None else add_tangents(result.tangent, jnp.sum(value.tangent))
     costs = result.costs
     if params["lane_ids"]:

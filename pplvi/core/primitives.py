@@ -140,3 +140,30 @@ def random_sites(jaxpr: Jaxpr) -> list:
 
 def subjaxprs(eqn) -> list[Jaxpr]:
     return _subjaxprs(eqn.params)
+
+
+# -- dataflow ----------------------------------------------------------------------------------------------------
+_CALL_JAXPR_PARAMS = ("jaxpr", "call_jaxpr")  # pjit / closed_call / remat / custom_jvp_call carry one of these
+
+
+def tainted_outputs(jaxpr: Jaxpr, tainted_inputs: list[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` can depend on the inputs flagged in ``tainted_inputs`` (a conservative forward
+    dataflow: an equation's outputs depend on all its inputs, except that call-like equations are followed
+    inside)."""
+    tainted = {v for v, t in zip(jaxpr.invars, tainted_inputs) if t}
+
+    def hit(v):
+        return not isinstance(v, jax.extend.core.Literal) and v in tainted
+
+    for eqn in jaxpr.eqns:
+        flags = [hit(v) for v in eqn.invars]
+        if not any(flags):
+            continue
+        inner = next((eqn.params[p] for p in _CALL_JAXPR_PARAMS if p in eqn.params), None)
+        inner = inner.jaxpr if isinstance(inner, ClosedJaxpr) else inner
+        if isinstance(inner, Jaxpr) and len(inner.invars) == len(eqn.invars):
+            outs = tainted_outputs(inner, flags)
+        else:
+            outs = [True] * len(eqn.outvars)
+        tainted.update(v for v, t in zip(eqn.outvars, outs) if t)
+    return [hit(v) for v in jaxpr.outvars]

@@ -16,10 +16,9 @@ No reparameterization exists for ``z``: the guide's gradient comes from the esti
   :func:`pplvi.baseline` with ``learned=True``, so the same optimizer fits :math:`b_\psi` to each image's ELBO.
 
 Each image's ELBO is emitted from its own ``jax.vmap`` lane (:func:`~pplvi.models.vae.objectives.batched`), so a
-lane's score multiplies only its own image's bound. Cost per step (pplvi 0.1): ``enum`` and ``mvd`` evaluate the
-rest of the *batch* objective once per latent component of the batch, i.e. about ``B * latent * K`` (``enum``) or
-``B * latent`` (``mvd``, Bernoulli) batch evaluations for a batch of ``B``: quadratic in ``B``, so use small batches
-with them.
+lane's score multiplies only its own image's bound, and ``enum`` / ``mvd`` evaluate each latent's alternatives for
+all images at once (one batch evaluation per latent and value, reading each image's own term): about
+``latent * K`` (``enum``) or ``latent`` (``mvd``, Bernoulli) batch evaluations per step, linear in the batch size.
 """
 
 from __future__ import annotations
