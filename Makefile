@@ -27,7 +27,7 @@ test: lint
 
 # Every suite in --quick mode (a few minutes each on 2 cores); run a suite alone with `pplvi bench SUITE [--quick]`.
 bench: $(STAMP)
-	for suite in overhead training_loop rao_blackwell vs_numpyro vs_genjax scaling; do $(PY) benchmarks/$$suite.py --quick || exit 1; done
+	for suite in overhead training_loop rao_blackwell vs_numpyro vs_genjax discrete air scaling; do $(PY) benchmarks/$$suite.py --quick || exit 1; done
 	$(PY) benchmarks/report.py
 
 # The VAE family's full-size checks (PPCA exact; MNIST ELBO- vs IWAE-trained VAE, test log-likelihood by IWAE K=1000):
@@ -35,6 +35,18 @@ bench: $(STAMP)
 .PHONY: reproduce-vae
 reproduce-vae: $(STAMP)
 	$(PY) -m pplvi.models.vae reproduce
+
+# The Koopman VAE on TimeGAN's sines/stocks/energy and 30/50/70%-irregular sines: about 18 minutes on 2 CPU cores;
+# writes benchmarks/results/kvae.json. Fast versions run in `make test`.
+.PHONY: reproduce-kvae
+reproduce-kvae: $(STAMP)
+	$(PY) -m pplvi.models.kvae reproduce
+
+# SDEs driven by fractional noise: coefficient cost, fOU bridge, Hurst recovery, toy video; about 6 minutes on 2 CPU
+# cores; writes benchmarks/results/fbm_sde.json. Fast versions run in `make test`.
+.PHONY: reproduce-fbm-sde
+reproduce-fbm-sde: $(STAMP)
+	$(PY) -m pplvi.models.fbm_sde reproduce
 
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
 docs: $(STAMP)

@@ -29,8 +29,10 @@ TITLES = {
     "numpyro": "pplvi vs NumPyro SVI",
     "genjax": "pplvi vs genjax 1.0.14 ADEV",
     "scaling": "pplvi cost vs particles and batch size",
+    "discrete": "Discrete latents: gradient variance and time to a target ELBO vs NumPyro TraceGraph_ELBO",
+    "air": "Attend-Infer-Repeat on multi-MNIST: seconds per 1,000 images per estimator",
 }
-ORDER = ["overhead", "numpyro", "genjax", "scaling"]
+ORDER = ["overhead", "numpyro", "genjax", "discrete", "air", "scaling"]
 
 # (key, header, format); a column is shown when at least one row has the key
 COLUMNS = {
@@ -71,6 +73,20 @@ COLUMNS = {
         ("genjax_key_dependent", "genjax grad varies with key", "b"),
         ("pplvi_correct", "pplvi correct", "b"), ("genjax_correct", "genjax correct", "b"),
         ("timing_comparable", "timing comparable", "b"),
+    ],
+    "discrete": [
+        ("model", "model", "s"), ("estimator", "estimator", "s"), ("grad_variance", "guide grad variance", ".4g"),
+        ("tracegraph_variance", "TraceGraph guide variance", ".4g"), ("ratio", "TraceGraph / estimator", ".3g"),
+        ("bar_10x", ">= 10x lower", "b"), ("model_grad_variance", "model grad variance", ".4g"),
+        ("grad_max_abs_z", "mean vs exact max abs z", ".1f"), ("final_elbo", "final ELBO", ".4f"),
+        ("target_elbo", "target ELBO", ".4f"), ("time_to_target_s", "time to target s", ".2f"),
+        ("train_s", "train s", ".1f"),
+    ],
+    "air": [
+        ("system", "system", "s"), ("estimator", "estimator", "s"),
+        ("sec_per_1000_images", "s per 1000 images", ".2f"), ("count_accuracy", "count accuracy", ".3f"),
+        ("step_ms", "step ms (median)", ".1f"), ("min_step_ms", "min step ms", ".1f"),
+        ("max_step_ms", "max step ms", ".1f"), ("compile_s", "compile s", ".1f"), ("images", "training images", "d"),
     ],
     "scaling": [
         ("axis", "axis", "s"), ("value", "value", "s"), ("ms", "pplvi ms", ".4f"),

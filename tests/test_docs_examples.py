@@ -75,3 +75,8 @@ def test_concepts_examples_run():
 def test_interop_examples_run():
     ns = run_page("docs/interop.md")
     assert jnp.isfinite(ns["value"]) and all(jnp.isfinite(g) for g in jax.tree_util.tree_leaves(ns["grads"]))
+
+
+def test_fbm_sde_page_example_runs_and_raises_the_elbo():
+    ns = run_page("docs/models/fbm_sde.md")
+    assert ns["result"].history["objective"][-1] > ns["result"].history["objective"][0]

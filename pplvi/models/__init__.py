@@ -5,8 +5,15 @@ its objectives, trains with :func:`pplvi.fit`, and has an example script in ``ex
 * :mod:`pplvi.models.vae`: the VAE family — Gaussian-latent VAEs (MLP and convolutional), IWAE training, the
   linear-Gaussian VAE / probabilistic PCA check, and discrete-latent VAEs (Bernoulli and Categorical latents with
   enumeration, measure-valued derivatives or REINFORCE with a learned baseline).
+* :mod:`pplvi.models.air`: Attend-Infer-Repeat (Eslami et al. 2016) on multi-MNIST — spatial transformer, recurrent
+  inference network, Bernoulli present bits with REINFORCE, learned baselines, enumeration or MVD, ELBO or IWAE.
+* :mod:`pplvi.models.kvae`: the Koopman VAE (Naiman et al. 2024) for regular and irregular time series — GRU prior
+  with a least-squares Koopman constraint, bi-GRU / ODE-RNN encoders, TimeGAN data, discriminative and predictive
+  scores.
+* :mod:`pplvi.models.fbm_sde`: SDEs driven by Markov-approximate fractional Brownian motion (Daems et al. 2024) —
+  closed-form optimal OU weights, Girsanov ELBO, fOU bridge, Hurst learning, a toy latent video model.
 """
 
-from pplvi.models import vae
+from pplvi.models import air, fbm_sde, kvae, vae
 
-__all__ = ["vae"]
+__all__ = ["air", "fbm_sde", "kvae", "vae"]

@@ -17,6 +17,8 @@ ROW_KEYS = {
     "numpyro": {"case", "pplvi_ms", "numpyro_ms", "ratio", "pplvi_first_s", "numpyro_first_s"},
     "genjax": {"case", "pplvi_ms", "genjax_ms", "ratio"},
     "scaling": {"axis", "value", "ms"},
+    "discrete": {"model", "estimator", "grad_variance", "tracegraph_variance"},
+    "air": {"system", "estimator", "sec_per_1000_images", "count_accuracy"},
 }
 
 
@@ -44,6 +46,12 @@ def test_suite_smoke_run_writes_the_contract_keys(suite, tmp_path):
         assert ROW_KEYS[suite] <= set(row), (suite, sorted(ROW_KEYS[suite] - set(row)))
         if row.get("value") != "slope":
             assert all(row[k] > 0 for k in ROW_KEYS[suite] if k.endswith(("_ms", "_s")) or k == "ms")
+    if suite == "discrete":  # enumeration and MVD: far below TraceGraph_ELBO's variance even at smoke sizes
+        enum_rows = [r for r in result["rows"] if r["estimator"] == "enum"]
+        assert enum_rows and all(r["ratio"] > 10 for r in enum_rows), enum_rows
+    if suite == "air":
+        assert {r["system"] for r in result["rows"]} == {"pplvi", "numpyro"}
+        assert all(r["sec_per_1000_images"] > 0 and 0 <= r["count_accuracy"] <= 1 for r in result["rows"])
     if suite == "scaling":
         slopes = {r["axis"] for r in result["rows"] if r["value"] == "slope"}
         assert slopes == {r["axis"] for r in result["rows"]}
