@@ -130,6 +130,21 @@ def test_train_vae_tiny_run_writes_metrics(tmp_path):
     assert (tmp_path / "history.csv").is_file()
 
 
+def test_train_kvae_tiny_run_writes_scores(tmp_path):
+    rc = main(["train", "kvae", "--dataset", "sines", "--steps", "5", "--batch", "16", "--test-images", "64",
+               "--metric-steps", "5", "--out", str(tmp_path)])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"] == "sines" and metrics["steps"] == 5
+    assert 0 <= metrics["discriminative"] <= 0.5 and np.isfinite(metrics["predictive"])
+
+
+def test_train_unknown_dataset_is_one_line_error(capsys):
+    assert main(["train", "kvae", "--dataset", "nosuchdata"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown dataset" in err[0]
+
+
 def test_train_unknown_model_is_one_line_error(capsys):
     assert main(["train", "nosuchmodel"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
