@@ -48,6 +48,12 @@ reproduce-kvae: $(STAMP)
 reproduce-fbm-sde: $(STAMP)
 	$(PY) -m pplvi.models.fbm_sde reproduce
 
+# PV-RNN: meta-prior sweep, Kalman tracking and error regression; about 4 minutes on 2 CPU cores; writes
+# benchmarks/results/pvrnn.json. Fast versions run in `make test`.
+.PHONY: reproduce-pvrnn
+reproduce-pvrnn: $(STAMP)
+	$(PY) -m pplvi.models.pvrnn reproduce
+
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site

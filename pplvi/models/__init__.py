@@ -12,8 +12,10 @@ its objectives, trains with :func:`pplvi.fit`, and has an example script in ``ex
   scores.
 * :mod:`pplvi.models.fbm_sde`: SDEs driven by Markov-approximate fractional Brownian motion (Daems et al. 2024) —
   closed-form optimal OU weights, Girsanov ELBO, fOU bridge, Hurst learning, a toy latent video model.
+* :mod:`pplvi.models.pvrnn`: PV-RNN (Ahmadi & Tani 2019) — multiple-timescale variational RNN with adaptive-vector
+  posteriors, a per-layer meta-prior, error regression for online prediction, and an amortized VRNN baseline.
 """
 
-from pplvi.models import air, fbm_sde, kvae, vae
+from pplvi.models import air, fbm_sde, kvae, pvrnn, vae
 
-__all__ = ["air", "fbm_sde", "kvae", "vae"]
+__all__ = ["air", "fbm_sde", "kvae", "pvrnn", "vae"]
