@@ -54,6 +54,12 @@ reproduce-fbm-sde: $(STAMP)
 reproduce-pvrnn: $(STAMP)
 	$(PY) -m pplvi.models.pvrnn reproduce
 
+# NIW meta-learning: linear-regression exactness, Omniglot 5-way 1/5-shot vs ProtoNet and MAML; writes
+# benchmarks/results/niw_meta.json. The 5-shot part exceeds a 15-minute CPU budget (see docs/models/niw_meta.md).
+.PHONY: reproduce-niw-meta
+reproduce-niw-meta: $(STAMP)
+	$(PY) -m pplvi.models.niw_meta reproduce
+
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site

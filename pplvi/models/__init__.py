@@ -14,8 +14,11 @@ its objectives, trains with :func:`pplvi.fit`, and has an example script in ``ex
   closed-form optimal OU weights, Girsanov ELBO, fOU bridge, Hurst learning, a toy latent video model.
 * :mod:`pplvi.models.pvrnn`: PV-RNN (Ahmadi & Tani 2019) — multiple-timescale variational RNN with adaptive-vector
   posteriors, a per-layer meta-prior, error regression for online prediction, and an amortized VRNN baseline.
+* :mod:`pplvi.models.niw_meta`: hierarchical Bayesian few-shot meta-learning with a Normal-Inverse-Wishart prior
+  (Kim & Hospedales 2024) — closed-form NIW terms, the one-time local iterate, NIW / ProtoNet / MAML on Omniglot
+  with calibration (ECE).
 """
 
-from pplvi.models import air, fbm_sde, kvae, pvrnn, vae
+from pplvi.models import air, fbm_sde, kvae, niw_meta, pvrnn, vae
 
-__all__ = ["air", "fbm_sde", "kvae", "pvrnn", "vae"]
+__all__ = ["air", "fbm_sde", "kvae", "niw_meta", "pvrnn", "vae"]

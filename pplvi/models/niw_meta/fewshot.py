@@ -1,0 +1,271 @@
+r"""Few-shot classification: the NIW meta-learner on a small conv net, and the ProtoNet and MAML baselines.
+
+* Network (:func:`init_convnet`, :func:`convnet_apply`): ``blocks`` x (3x3 conv, parameter-free instance
+  normalization, ReLU, 2x2 max-pool) on 28x28 images, then a linear ``way``-class head (NIW, MAML) or the pooled
+  features (ProtoNet). The NIW model's :math:`\theta` is the flat vector of all its weights (``jax.flatten_util``).
+* NIW (:func:`niw_fewshot_elbo` with the linear head, :func:`niw_protonet_elbo` with ProtoNet's likelihood,
+  :func:`niw_predict`): the ELBO of :mod:`~pplvi.models.niw_meta.objective` with a
+  diagonal NIW, the categorical log-likelihood, a few inner steps and the diagonal empirical-Fisher curvature;
+  prediction by the posterior predictive :math:`\frac1S\sum_s \mathrm{softmax}\,f(x; \theta_s)`,
+  :math:`\theta_s \sim q_i` fitted to the support set.
+* ProtoNet (Snell et al. 2017, :func:`protonet_objective`, :func:`protonet_predict`): logits are minus squared
+  distances to class means of the embedded support set.
+* MAML (Finn et al. 2017, :func:`maml_objective`, :func:`maml_predict`): ``steps`` inner SGD steps on the support
+  cross-entropy from the shared initialization, second order (backpropagation through the inner loop).
+* :func:`expected_calibration_error` (Guo et al. 2017) and :class:`EpisodeSampler` (N-way K-shot episodes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import pplvi
+from pplvi.models.niw_meta.local import local_posterior
+from pplvi.models.niw_meta.niw import NIW, expected_gaussian_kl, niw_kl
+from pplvi.models.niw_meta.objective import niw_elbo, sample_theta
+from pplvi.objectives.terms import stop_gradient
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the network
+# ---------------------------------------------------------------------------------------------------------------
+def init_convnet(key, *, way: int | None = 5, channels: int = 32, blocks: int = 4, size: int = 28) -> dict:
+    """He-initialized weights ``{"convs": [(w, b), ...], "head": (w, b) or None}`` (``way=None``: no head)."""
+    keys = jax.random.split(key, blocks + 1)
+    convs, c_in, s = [], 1, size
+    for i in range(blocks):
+        w = jax.random.normal(keys[i], (channels, c_in, 3, 3)) * math.sqrt(2.0 / (9 * c_in))
+        convs.append((w, jnp.zeros((channels,))))
+        c_in, s = channels, s // 2
+    feat = channels * s * s
+    head = None if way is None else (jax.random.normal(keys[-1], (feat, way)) / math.sqrt(feat), jnp.zeros((way,)))
+    return {"convs": convs, "head": head}
+
+
+def convnet_features(params: dict, x):
+    """``x`` (n, 28, 28) -> features (n, F)."""
+    h = x[:, None]
+    for w, b in params["convs"]:
+        h = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME") + b[None, :, None, None]
+        mu = jnp.mean(h, axis=(2, 3), keepdims=True)
+        h = (h - mu) / jnp.sqrt(jnp.var(h, axis=(2, 3), keepdims=True) + 1e-5)
+        h = jax.nn.relu(h)
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    return h.reshape(h.shape[0], -1)
+
+
+def convnet_apply(params: dict, x):
+    """Logits (n, way)."""
+    w, b = params["head"]
+    return convnet_features(params, x) @ w + b
+
+
+def categorical_log_likelihood(unravel):
+    """Per-example :math:`\\log p(y_n \\mid x_n, \\theta)` for the flat weights ``theta`` and data ``(x, y)``."""
+    def log_likelihood(theta, data):
+        x, y = data
+        logp = jax.nn.log_softmax(convnet_apply(unravel(theta), x))
+        return jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
+
+    return log_likelihood
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NIW
+# ---------------------------------------------------------------------------------------------------------------
+def init_niw(key, *, way: int | None = 5, prior_std: float = 0.03, dof: float = 2.0, **net):
+    """``(q, prior, unravel)`` (``way=None``: no head, for :func:`niw_protonet_elbo`): the diagonal NIW posterior
+    centred at a fresh network (mean precision
+    :math:`\\nu/v = 1/\\text{prior\\_std}^2`), a weak hyperprior (zero mean, :math:`\\lambda' = 10^{-3}`, same
+    scale and dof) and the flat-vector -> weights map."""
+    flat, unravel = ravel_pytree(init_convnet(key, way=way, **net))
+    v = jnp.full_like(flat, dof * prior_std**2)
+    q = NIW.create(flat, 1.0, v, dof)
+    prior = NIW.create(jnp.zeros_like(flat), 1e-3, v, dof)
+    return q, prior, unravel
+
+
+def niw_fewshot_elbo(unravel, prior: NIW, num_episodes: int, *, steps: int = 2, lr: float = 0.4,
+                     curvature="fisher") -> pplvi.Objective:
+    """The NIW ELBO for batches of episodes ``(q, sx (E, n_s, 28, 28), sy (E, n_s), qx, qy)``."""
+    inner = niw_elbo(categorical_log_likelihood(unravel), prior, num_episodes, steps=steps, lr=lr,
+                     curvature=curvature)
+
+    @pplvi.objective
+    def niw_fewshot(q, sx, sy, qx, qy):
+        return inner(q, (sx, sy), (qx, qy))
+
+    return niw_fewshot
+
+
+def niw_predict(key, q: NIW, unravel, sx, sy, qx, *, samples: int = 10, steps: int = 2, lr: float = 0.4,
+                curvature="fisher", head: str = "linear", way: int = 5):
+    r"""Posterior-predictive class probabilities (n_q, way) for one episode: :math:`q_i` from the support set, then
+    the mean over ``samples`` draws :math:`\theta_s \sim q_i` of the softmax (``head="linear"``: the network's
+    head; ``"protonet"``: prototypes of the support set embedded with :math:`\theta_s`)."""
+    if head == "linear":
+        ll, data = categorical_log_likelihood(unravel), (sx, sy)
+        predict = lambda params: jax.nn.softmax(convnet_apply(params, qx))
+    elif head == "protonet":
+        ll, data = protonet_log_likelihood(unravel, way), (sx, sy, sx, sy)
+        predict = lambda params: jax.nn.softmax(protonet_logits(params, sx, sy, qx, way))
+    else:
+        raise pplvi.PPLVIError(f'head must be "linear" or "protonet", got {head!r}')
+    m, v = local_posterior(q, ll, data, steps=steps, lr=lr, curvature=curvature)
+    eps = jax.random.normal(key, (samples,) + m.shape)
+    thetas = m + jnp.sqrt(v) * eps
+    return jnp.mean(jax.vmap(lambda th: predict(unravel(th)))(thetas), axis=0)
+
+
+def protonet_log_likelihood(unravel, way: int):
+    r"""Per-query :math:`\log p(y \mid x, S, \theta)` of ProtoNet with embedding weights ``theta``, for episode
+    data ``(sx, sy, qx, qy)`` (prototypes from the support ``sx, sy``)."""
+    def log_likelihood(theta, data):
+        sx, sy, qx, qy = data
+        logp = jax.nn.log_softmax(protonet_logits(unravel(theta), sx, sy, qx, way))
+        return jnp.take_along_axis(logp, qy[:, None], axis=1)[:, 0]
+
+    return log_likelihood
+
+
+def niw_protonet_elbo(unravel, prior: NIW, num_episodes: int, *, way: int = 5, steps: int = 1, lr: float = 0.4,
+                      curvature="fisher") -> pplvi.Objective:
+    r"""The NIW ELBO with ProtoNet's likelihood: :math:`	heta_i` are the embedding weights of episode :math:`i`,
+    :math:`p(D_i \mid 	heta_i) = \prod_{	ext{query}} p(y \mid x, S_i, 	heta_i)` (prototypes from the support
+    :math:`S_i`). :math:`q_i` comes from the one-time local iterate on the support set used as its own query set;
+    the rest is :func:`~pplvi.models.niw_meta.niw_elbo`'s ELBO (same closed forms, ``"theta"`` reparameterized)."""
+    ll = protonet_log_likelihood(unravel, way)
+
+    @pplvi.objective
+    def niw_protonet(q, sx, sy, qx, qy):
+        n_ep = sx.shape[0]
+
+        def episode(a, b, c, d):
+            m_i, v_i = local_posterior(q, ll, (a, b, a, b), steps=steps, lr=lr, curvature=curvature)
+            theta = sample_theta(m_i, v_i, q.diagonal)
+            return pplvi.add_cost((jnp.sum(ll(theta, (a, b, c, d))) - expected_gaussian_kl(q, m_i, v_i)) / n_ep)
+
+        jax.vmap(episode)(sx, sy, qx, qy)
+        return -niw_kl(q, prior) / num_episodes
+
+    return niw_protonet
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# baselines
+# ---------------------------------------------------------------------------------------------------------------
+def protonet_logits(params, sx, sy, qx, way: int):
+    fs, fq = convnet_features(params, sx), convnet_features(params, qx)
+    onehot = jax.nn.one_hot(sy, way)
+    protos = onehot.T @ fs / jnp.sum(onehot, axis=0)[:, None]
+    return -jnp.sum((fq[:, None, :] - protos[None]) ** 2, axis=-1)
+
+
+def protonet_objective(way: int) -> pplvi.Objective:
+    """Mean query log-likelihood of ProtoNet over a batch of episodes (maximized)."""
+    @pplvi.objective
+    def protonet(params, sx, sy, qx, qy):
+        def one(a, b, c, d):
+            logp = jax.nn.log_softmax(protonet_logits(params, a, b, c, way))
+            return jnp.mean(jnp.take_along_axis(logp, d[:, None], axis=1))
+        return jnp.mean(jax.vmap(one)(sx, sy, qx, qy))
+
+    return protonet
+
+
+def protonet_predict(params, sx, sy, qx, way: int):
+    return jax.nn.softmax(protonet_logits(params, sx, sy, qx, way))
+
+
+def maml_adapt(params, sx, sy, steps: int, lr: float, first_order: bool = False):
+    def loss(p):
+        logp = jax.nn.log_softmax(convnet_apply(p, sx))
+        return -jnp.mean(jnp.take_along_axis(logp, sy[:, None], axis=1))
+
+    for _ in range(steps):
+        g = jax.grad(loss)(params)
+        g = stop_gradient(g) if first_order else g
+        params = jax.tree_util.tree_map(lambda p, gi: p - lr * gi, params, g)
+    return params
+
+
+def maml_objective(steps: int = 2, lr: float = 0.4) -> pplvi.Objective:
+    """Mean query log-likelihood after ``steps`` inner SGD steps (second-order MAML)."""
+    @pplvi.objective
+    def maml(params, sx, sy, qx, qy):
+        def one(a, b, c, d):
+            adapted = maml_adapt(params, a, b, steps, lr)
+            logp = jax.nn.log_softmax(convnet_apply(adapted, c))
+            return jnp.mean(jnp.take_along_axis(logp, d[:, None], axis=1))
+        return jnp.mean(jax.vmap(one)(sx, sy, qx, qy))
+
+    return maml
+
+
+def maml_predict(params, sx, sy, qx, *, steps: int = 2, lr: float = 0.4):
+    return jax.nn.softmax(convnet_apply(maml_adapt(params, sx, sy, steps, lr), qx))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration and episodes
+# ---------------------------------------------------------------------------------------------------------------
+def expected_calibration_error(probs, labels, bins: int = 15) -> float:
+    r"""ECE (Guo et al. 2017): :math:`\sum_b \frac{|B_b|}{n} |\mathrm{acc}(B_b) - \mathrm{conf}(B_b)|` over
+    ``bins`` equal-width bins of the top-class probability. ``probs`` (n, C) rows summing to 1, ``labels`` (n,)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    if probs.ndim != 2 or labels.shape != probs.shape[:1]:
+        raise pplvi.PPLVIError(f"expected_calibration_error needs probs (n, C) and labels (n,), got "
+                               f"{probs.shape} and {labels.shape}")
+    if not np.allclose(probs.sum(1), 1.0, atol=1e-4) or (probs < 0).any():
+        raise pplvi.PPLVIError("expected_calibration_error: each row of probs must be a probability vector")
+    if not isinstance(bins, int) or bins < 1:
+        raise pplvi.PPLVIError(f"bins must be a positive integer, got {bins!r}")
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = (pred == labels).astype(np.float64)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+class EpisodeSampler:
+    """N-way K-shot episodes from ``images`` (N, H, W) and ``labels`` (N,) (each class needs at least
+    ``shot + query`` images). ``rotations=True`` adds the 90/180/270-degree rotations of every class as new classes
+    (Santoro et al. 2016). ``sample(rng, episodes)`` returns ``sx (E, way*shot, H, W), sy, qx (E, way*query, H, W),
+    qy`` with labels 0..way-1 in a random class order."""
+
+    def __init__(self, images, labels, *, way: int = 5, shot: int = 1, query: int = 5, rotations: bool = False):
+        images, labels = np.asarray(images, np.float32), np.asarray(labels)
+        if images.ndim != 3 or labels.shape != images.shape[:1]:
+            raise pplvi.PPLVIError(f"EpisodeSampler needs images (N, H, W) and labels (N,), got {images.shape} "
+                                   f"and {labels.shape}")
+        groups = [images[labels == c] for c in np.unique(labels)]
+        if rotations:
+            groups = [np.rot90(g, k, axes=(1, 2)) for k in range(4) for g in groups]
+        least = min(len(g) for g in groups)
+        if least < shot + query or len(groups) < way:
+            raise pplvi.PPLVIError(f"EpisodeSampler: {len(groups)} classes with at least {least} images each cannot "
+                                   f"make {way}-way episodes with {shot} shots and {query} queries per class")
+        self.classes = np.stack([g[:least] for g in groups])  # (C, per_class, H, W)
+        self.way, self.shot, self.query = way, shot, query
+
+    def sample(self, rng: np.random.Generator, episodes: int):
+        c, per = self.classes.shape[:2]
+        w, k, qn = self.way, self.shot, self.query
+        cls = np.stack([rng.choice(c, w, replace=False) for _ in range(episodes)])
+        idx = np.stack([np.stack([rng.choice(per, k + qn, replace=False) for _ in range(w)]) for _ in range(episodes)])
+        imgs = self.classes[cls[:, :, None], idx]  # (E, w, k+q, H, W)
+        h, wd = imgs.shape[-2:]
+        sx = imgs[:, :, :k].reshape(episodes, w * k, h, wd)
+        qx = imgs[:, :, k:].reshape(episodes, w * qn, h, wd)
+        sy = np.tile(np.repeat(np.arange(w), k), (episodes, 1)).astype(np.int32)
+        qy = np.tile(np.repeat(np.arange(w), qn), (episodes, 1)).astype(np.int32)
+        return sx, sy, qx, qy

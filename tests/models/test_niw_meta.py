@@ -1,0 +1,195 @@
+"""The NIW meta-learner (pplvi.models.niw_meta): fast versions of its checks.
+
+* Hierarchical linear regression: the one-time local iterate equals the exact Gaussian posterior (the quadratic
+  approximation is exact), whatever the inner steps; a few steps of ELBO training raise the objective.
+* NIW closed forms (E log|Sigma|, expected Gaussian KL, NIW-NIW KL) against Monte Carlo, full and diagonal.
+* ECE on known inputs; errors for bad input and missing data. (Omniglot at full size: ``make reproduce-niw-meta``.)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import pplvi
+from pplvi.models import niw_meta as N
+
+
+def full_niw(dof=7.0):
+    a = np.array([[1.0, 0.3, 0.0], [0.3, 0.8, -0.2], [0.0, -0.2, 0.6]])
+    return N.NIW.create(np.array([0.5, -1.0, 0.2]), 2.0, 3.0 * a, dof)
+
+
+def diag_niw():
+    return N.NIW.create(np.array([0.5, -1.0, 0.2, 0.0]), 1.5, np.array([2.0, 0.5, 1.0, 3.0]), 6.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the local iterate is exact for linear-Gaussian regression
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [0, 3])
+def test_local_posterior_is_the_exact_posterior_for_linear_regression(steps):
+    x, y, _ = N.sample_linreg_episodes(0, 5, 6, np.zeros(3), np.eye(3), 0.3)
+    ll = N.linreg_log_likelihood(0.3)
+    with jax.enable_x64(True):
+        q = full_niw()
+        for i in range(5):
+            m, v = N.local_posterior(q, ll, (jnp.asarray(x[i]), jnp.asarray(y[i])), steps=steps, lr=0.05)
+            me, ve = N.exact_linreg_posterior(q, jnp.asarray(x[i]), jnp.asarray(y[i]), 0.3)
+            assert float(jnp.max(jnp.abs(m - me))) < 1e-10
+            assert float(jnp.max(jnp.abs(v - ve))) < 1e-10
+        # and it is not the prior: the data moved it
+        assert float(jnp.max(jnp.abs(m - q.mean))) > 1e-2
+
+
+def test_local_posterior_passes_no_gradient_through_the_inner_steps():
+    x, y, _ = N.sample_linreg_episodes(1, 1, 6, np.zeros(3), np.eye(3), 0.3)
+    ll = N.linreg_log_likelihood(0.3)
+    data = (jnp.asarray(x[0]), jnp.asarray(y[0]))
+    with jax.enable_x64(True):
+        q = full_niw()
+        # with the exact Hessian the result (hence its gradient) does not depend on the steps taken
+        g0 = jax.grad(lambda q: jnp.sum(N.local_posterior(q, ll, data, steps=0)[0]))(q)
+        g3 = jax.grad(lambda q: jnp.sum(N.local_posterior(q, ll, data, steps=3, lr=0.05)[0]))(q)
+        for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g3)):
+            np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# closed forms against Monte Carlo
+# ---------------------------------------------------------------------------------------------------------------
+def gaussian_kl(m1, v1, m2, v2):
+    d = m1.shape[-1]
+    v2i = jnp.linalg.inv(v2)
+    r = m2 - m1
+    return 0.5 * (jnp.trace(v2i @ v1) + r @ v2i @ r - d + jnp.linalg.slogdet(v2)[1] - jnp.linalg.slogdet(v1)[1])
+
+
+def within(mc, exact, k=4.5):
+    mean, se = float(np.mean(mc)), float(np.std(mc) / np.sqrt(len(mc)))
+    assert abs(mean - float(exact)) < k * se + 1e-9, (mean, se, float(exact))
+
+
+@pytest.mark.parametrize("kind", ["full", "diagonal"])
+def test_niw_closed_forms_match_monte_carlo(kind):
+    with jax.enable_x64(True):
+        q = full_niw() if kind == "full" else diag_niw()
+        d = q.dim
+        mu, sigma = N.niw_sample(jax.random.key(0), q, 8000)
+        m_i = q.mean + 0.3
+        if kind == "full":
+            v_i = 0.2 * jnp.eye(d) + 0.05
+            logdet = jnp.linalg.slogdet(sigma)[1]
+            kls = jax.vmap(lambda a, b: gaussian_kl(m_i, v_i, a, b))(mu, sigma)
+        else:
+            v_i = jnp.linspace(0.1, 0.4, d)
+            logdet = jnp.sum(jnp.log(sigma), -1)
+            kls = jax.vmap(lambda a, b: gaussian_kl(m_i, jnp.diag(v_i), a, jnp.diag(b)))(mu, sigma)
+        within(logdet, N.expected_log_det(q))
+        within(kls, N.expected_gaussian_kl(q, m_i, v_i))
+        p = (N.NIW.create(q.mean * 0.5, 0.7, q.scale * 1.5, float(q.dof) + 1.0))
+        ratio = jax.vmap(lambda a, b: N.niw_log_prob(q, a, b) - N.niw_log_prob(p, a, b))(mu, sigma)
+        within(ratio, N.niw_kl(q, p))
+
+
+def test_diagonal_niw_log_prob_matches_numpyro():
+    import numpyro.distributions as dist
+
+    with jax.enable_x64(True):
+        q = diag_niw()
+        mu, s2 = jnp.array([0.1, -0.4, 0.3, 0.2]), jnp.array([0.5, 0.2, 0.9, 1.3])
+        ref = jnp.sum(dist.InverseGamma(q.dof / 2, q.scale / 2).log_prob(s2)
+                      + dist.Normal(q.mean, jnp.sqrt(s2 / q.kappa)).log_prob(mu))
+        np.testing.assert_allclose(N.niw_log_prob(q, mu, s2), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["full", "diagonal"])
+def test_niw_kl_is_zero_only_for_equal_arguments(kind):
+    with jax.enable_x64(True):
+        q = full_niw() if kind == "full" else diag_niw()
+        assert abs(float(N.niw_kl(q, q))) < 1e-10
+        changes = [dict(mean=q.mean + 0.1), dict(kappa=3.0), dict(scale=q.scale * 1.2), dict(dof=float(q.dof) + 0.5)]
+        for change in changes:
+            args = dict(mean=q.mean, kappa=float(q.kappa), scale=q.scale, dof=float(q.dof)) | change
+            p = N.NIW.create(args["mean"], args["kappa"], args["scale"], args["dof"])
+            assert float(N.niw_kl(q, p)) > 1e-6, change
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the objective trains
+# ---------------------------------------------------------------------------------------------------------------
+def test_a_few_training_steps_raise_the_elbo():
+    x, y, _ = N.sample_linreg_episodes(2, 64, 8, np.array([1.0, -0.5, 0.3]), 0.3 * np.eye(3), 0.3)
+    prior = N.NIW.create(np.zeros(3), 0.01, np.eye(3) * 0.5, 5.0)
+    q = N.NIW.create(np.zeros(3), 1.0, np.eye(3) * 2.0, 6.0)
+    objective = N.niw_elbo(N.linreg_log_likelihood(0.3), prior, 64)
+    data = {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.float32)}
+    result = pplvi.fit(objective, q, data=data, batch_size=16, optimizer=optax.adam(5e-2), steps=120, key=0,
+                       progress=False)
+    h = result.history["objective"]
+    assert np.all(np.isfinite(h)) and h[-20:].mean() > h[:20].mean() + 1.0
+    # the global mean moves toward the true mu
+    assert float(jnp.linalg.norm(result.params.mean - jnp.array([1.0, -0.5, 0.3]))) < 0.8 * np.linalg.norm([1, -.5, .3])
+
+
+def test_fewshot_niw_objective_and_predictive_on_a_tiny_net():
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((40, 28, 28)).astype(np.float32), np.repeat(np.arange(8), 5)
+    sampler = N.EpisodeSampler(images, labels, way=3, shot=1, query=2)
+    sx, sy, qx, qy = sampler.sample(rng, 2)
+    q, prior, unravel = N.init_niw(jax.random.key(0), way=3, channels=2, blocks=1)
+    objective = N.niw_fewshot_elbo(unravel, prior, 100, steps=1)
+    value, grad = objective.value_and_grad(jax.random.key(1), q, sx, sy, qx, qy)
+    assert np.isfinite(float(value)) and all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grad))
+    assert float(jnp.abs(grad.mean).sum()) > 0
+    # the ProtoNet-likelihood variant: theta = the embedding weights
+    q, prior, unravel = N.init_niw(jax.random.key(0), way=None, channels=2, blocks=1)
+    value, grad = N.niw_protonet_elbo(unravel, prior, 100, way=3).value_and_grad(jax.random.key(1), q, sx, sy, qx, qy)
+    assert np.isfinite(float(value)) and float(jnp.abs(grad.scale_param).sum()) > 0
+    probs = N.niw_predict(jax.random.key(2), q, unravel, sx[0], sy[0], qx[0], samples=3, steps=1, head="protonet",
+                          way=3)
+    assert probs.shape == (6, 3)
+    np.testing.assert_allclose(np.asarray(probs).sum(1), 1.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration, errors, data
+# ---------------------------------------------------------------------------------------------------------------
+def test_expected_calibration_error_on_known_inputs():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    # bin 0.9: accuracy 1/2 vs confidence 0.9; bin 0.6: accuracy 1 vs 0.6 -> 0.5 * 0.4 + 0.5 * 0.4
+    assert N.expected_calibration_error(probs, np.array([0, 1, 0, 0]), bins=10) == pytest.approx(0.4)
+    perfect = np.array([[1.0, 0.0]] * 3)
+    assert N.expected_calibration_error(perfect, np.zeros(3, int)) == 0.0
+    assert N.expected_calibration_error(perfect, np.ones(3, int)) == pytest.approx(1.0)
+
+
+def test_bad_input_raises_a_pplvi_error_naming_it():
+    with pytest.raises(pplvi.PPLVIError, match="scale must have shape"):
+        N.NIW.create(np.zeros(3), 1.0, np.eye(2), 5.0)
+    with pytest.raises(pplvi.PPLVIError, match="degrees of freedom"):
+        N.NIW.create(np.zeros(3), 1.0, np.eye(3), 1.5)
+    with pytest.raises(pplvi.PPLVIError, match="curvature"):
+        N.local_posterior(diag_niw(), N.linreg_log_likelihood(1.0), (jnp.ones((2, 4)), jnp.ones(2)))
+    with pytest.raises(pplvi.PPLVIError, match="probs"):
+        N.expected_calibration_error(np.ones((3, 2)) / 2, np.zeros(4))
+    with pytest.raises(pplvi.PPLVIError, match="num_episodes"):
+        N.niw_elbo(N.linreg_log_likelihood(1.0), full_niw(), 0)
+    with pytest.raises(pplvi.PPLVIError, match="head"):
+        q, _, unravel = N.init_niw(jax.random.key(0), way=3, channels=2, blocks=1)
+        N.niw_predict(jax.random.key(0), q, unravel, jnp.zeros((3, 28, 28)), jnp.arange(3), jnp.zeros((3, 28, 28)),
+                      head="softmax")
+    with pytest.raises(pplvi.PPLVIError, match="EpisodeSampler"):
+        N.EpisodeSampler(np.zeros((4, 28, 28)), np.arange(4), way=5)
+
+
+def test_missing_data_raises_data_error_naming_the_path(tmp_path, monkeypatch):
+    from pplvi.models.niw_meta.reproduce import omniglot_splits
+
+    monkeypatch.setenv("PPLVI_DATA", str(tmp_path))
+    with pytest.raises(pplvi.DataError, match="omniglot/omniglot_background_small1.npz") as e:
+        omniglot_splits()
+    assert str(tmp_path) in str(e.value)
