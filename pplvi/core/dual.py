@@ -104,6 +104,23 @@ class DualDistribution:
         self.batch_shape = tuple(example.batch_shape)
         self.event_shape = tuple(example.event_shape)
 
+    def without_independent(self) -> DualDistribution:
+        """The same choice seen through ``Independent`` wrappers (``.to_event(k)``): the base distribution, whose
+        batch dims include the event dims they reinterpreted. Values, and the sum of their per-component log
+        densities, are unchanged; estimators that work per component (enumeration, measure-valued derivatives) see
+        every element as a component. Returns ``self`` for any other distribution."""
+        import numpyro.distributions as nd
+
+        example = self.example
+        if not isinstance(example, nd.Independent):
+            return self
+        tree = jax.tree_util.tree_structure(example.base_dist)
+        base_leaves = jax.tree_util.tree_leaves(example.base_dist)
+        mine = jax.tree_util.tree_leaves(example)
+        if len(base_leaves) != len(mine) or any(a.shape != b.shape for a, b in zip(base_leaves, mine)):
+            return self
+        return DualDistribution(tree, self.leaves, self.lanes, self.addr, self.lane_ids).without_independent()
+
     @property
     def has_tangent(self) -> bool:
         return any(leaf.tangent is not None for leaf in self.leaves)

@@ -209,6 +209,7 @@ class Enum(Estimator):
     parallel: bool = eqx.field(static=True, default=True)
 
     def check(self, dist):
+        dist = dist.without_independent()
         if not dist.example.has_enumerate_support:
             raise EstimatorError(
                 f"enum at '{dist.addr}': {type(dist.example).__name__} has no finite support to enumerate. "
@@ -216,6 +217,7 @@ class Enum(Estimator):
             )
 
     def jvp(self, key, dist, kont):
+        dist = dist.without_independent()  # .to_event(k): every element is a component
         vals = _support_values(dist)
         if dist.components == 1:
             lp = dist.log_prob(vals.reshape(vals.shape[:1] + (1,) * len(dist.batch_shape) + dist.event_shape))
@@ -269,6 +271,7 @@ class MVD(Estimator):
     needs_continuation: ClassVar[bool] = True
 
     def check(self, dist):
+        dist = dist.without_independent()
         if not isinstance(dist.example, _MVD_FAMILIES):
             raise EstimatorError(
                 f"mvd at '{dist.addr}': no measure-valued derivative for {type(dist.example).__name__}. "
@@ -276,6 +279,7 @@ class MVD(Estimator):
             )
 
     def jvp(self, key, dist, kont):
+        dist = dist.without_independent()  # .to_event(k): every element is a component
         k_sample, k_aux = jax.random.split(key)
         x = dist.sample(k_sample)
         out = kont(x)
