@@ -218,8 +218,7 @@ def test_missing_data_file_raises_a_data_error_naming_the_path(tmp_path, monkeyp
 # ---------------------------------------------------------------------------------------------------------------
 def test_results_file_has_the_contract_keys():
     path = ROOT / "benchmarks" / "results" / "kvae.json"
-    if not path.exists():
-        pytest.skip("benchmarks/results/kvae.json not written yet (python -m pplvi.models.kvae reproduce)")
+    assert path.is_file(), "the committed results file is missing: rerun `make reproduce-kvae`"
     results = json.loads(path.read_text())
     assert {"jax_version", "cpu", "date"} <= set(results)
     page = (ROOT / "docs" / "models" / "kvae.md").read_text()
