@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,20 +31,11 @@ from pplvi.models.fbm_sde.exact import monte_carlo_cost, quadrature_cost
 from pplvi.models.fbm_sde.hurst import HurstProblem, baselines, best_control_elbo, fit_hurst
 from pplvi.models.fbm_sde.markov import approximation_cost, optimal_weights, speeds
 from pplvi.models.fbm_sde.video import VideoConfig, video_check
+from pplvi.models.results import cpu_name, write_json
 
 RESULTS = Path("benchmarks/results/fbm_sde.json")
 TOLERANCES = {"bridge_mean": 0.05, "bridge_std": 0.05, "hurst": 0.05}
 HURST_STEPS, HURST_WARMUP, HURST_PARTICLES = 3000, 3000, 4
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def omega_costs(hursts=(0.2, 0.3, 0.5, 0.7, 0.8), Ks=(1, 3, 5, 9), gamma_max: float = 20.0, horizon: float = 1.0,
@@ -149,17 +138,13 @@ def run(*, quick: bool = False, seed: int = 0, out: Path | None = RESULTS, comma
         "seconds": round(time.perf_counter() - t_start, 1),
         "jax_version": jax.__version__,
         "pplvi_version": pplvi.__version__,
-        "cpu": f"{_cpu_name()}, {os.cpu_count()} cores",
+        "cpu": f"{cpu_name()}, {os.cpu_count()} cores",
         "device": str(jax.devices()[0].platform),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command or "pplvi.models.fbm_sde.reproduce.run(...)",
     }
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        os.replace(tmp, out)
+        out = write_json(out, results, indent=1)
         say(f"wrote {out} ({results['seconds']:.0f} s in all)")
     return results
 

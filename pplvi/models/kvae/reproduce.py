@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +33,7 @@ from pplvi.models.kvae.koopman import eigenvalues, koopman_operator
 from pplvi.models.kvae.metrics import discriminative_score, predictive_score
 from pplvi.models.kvae.model import KoopmanVAE, generate, prior
 from pplvi.models.kvae.objectives import train
+from pplvi.models.results import cpu_name, device_name, write_json
 
 RESULTS = Path("benchmarks/results/kvae.json")
 PAPER_SOURCE = ("Naiman et al., ICLR 2024, Table 1 (regular) and Table 2 (irregular), KoVAE rows. The tables could "
@@ -59,22 +57,6 @@ SETTINGS = {
 MODEL = {"latent": 8, "hidden": 32, "obs_scale": 0.05}  # defaults; a setting may override latent and hidden
 OBJECTIVE = {"w_kl": 1.0, "w_pred": 1.0, "prediction_steps": 1}
 QUICK = {"steps": 60, "score_windows": 400, "disc_steps": 100, "pred_steps": 200, "repeats": 1}
-
-
-def _device() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores" \
-        if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_setting(name: str, *, steps: int, score_windows: int, disc_steps: int, pred_steps: int, repeats: int,
@@ -144,16 +126,12 @@ def run(*, names=tuple(SETTINGS), quick: bool = False, steps: int | None = None,
         "global-norm clipping 10", "score_windows": score_windows, "discriminative_steps": disc_steps,
         "predictive_steps": pred_steps, "repeats": repeats, "quick": quick, "seed": seed,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "device": _device(), "cpu": _cpu_name(), "jax_version": jax.__version__, "pplvi_version": pplvi.__version__,
+        "device": device_name(), "cpu": cpu_name(), "jax_version": jax.__version__, "pplvi_version": pplvi.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command or "pplvi.models.kvae.reproduce.run(...)",
     }
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, out)
+        out = write_json(out, results)
         say(f"wrote {out} ({results['seconds']:.0f} s in all)")
     return results
 

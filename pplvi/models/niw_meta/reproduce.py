@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,15 +37,10 @@ from pplvi.models.niw_meta.local import (
 )
 from pplvi.models.niw_meta.niw import NIW
 from pplvi.models.niw_meta.objective import niw_elbo
+from pplvi.models.results import device_name, write_json
 
 RESULTS = Path("benchmarks/results/niw_meta.json")
 HELD_OUT = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
-
-
-def _device() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores" \
-        if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
 
 
 def linreg_check(*, episodes: int = 400, points: int = 8, steps: int = 3000, seed: int = 0, say=print) -> dict:
@@ -156,13 +148,11 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 10
         res[f"omniglot_5w{shot}s"] = omniglot_check(shot, steps=steps, episodes_per_step=episodes_per_step,
                                                     test_episodes=test_episodes, channels=channels, blocks=blocks,
                                                     seed=seed, say=say)
-    res.update({"omniglot_budget": budget, "jax": jax.__version__, "cpu": _device(),
+    res.update({"omniglot_budget": budget, "jax": jax.__version__, "cpu": device_name(),
                 "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
                 "command": command or "python -m pplvi.models.niw_meta reproduce"})
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=2) + "\n")
-        say(f"wrote {out}")
+        say(f"wrote {write_json(out, res)}")
     return res
 
 

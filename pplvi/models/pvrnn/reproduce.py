@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ from pplvi.models.pvrnn.data import branching_fsm, fsm_sequences, kalman_smoothe
 from pplvi.models.pvrnn.metrics import branching_error, branching_frequencies, determinism
 from pplvi.models.pvrnn.model import PVRNN, generate
 from pplvi.models.pvrnn.objectives import error_regression, predict, predict_from_prior, reconstruct, train
+from pplvi.models.results import cpu_name, write_json
 
 RESULTS = Path("benchmarks/results/pvrnn.json")
 SWEEP = (1e-4, 1e-2, 1.0)
@@ -45,16 +44,6 @@ MODEL = {"hidden": (24, 12), "latent": (2, 1), "tau": (2.0, 8.0)}
 DATA = {"n": 32, "length": 80, "noise": 0.05, "p": 0.3, "segment": 10}
 LGSSM = {"a": 0.95, "q": 0.3, "r": 0.3}
 ER = {"window": 20, "horizon": 10, "times": tuple(range(20, 71, 5)), "steps": 150, "learning_rate": 0.05}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sweep_row(w: float, x, fsm, *, seed: int, steps: int, generations: int = 64, gen_length: int = 200) -> dict:
@@ -148,17 +137,13 @@ def run(*, steps: int = 2000, er_steps: int = ER["steps"], seeds: int = 2, quick
                            "initial state (h0 = 0, z1 = 0) / total variance of the training data)"},
         "model": MODEL, "data": DATA, "lgssm": LGSSM, "steps": steps, "error_regression_steps": er_steps,
         "seeds": seeds, "quick": quick, "optimizer": "adam 3e-3 (network) / 3e-2 (adaptive vectors), cosine decay",
-        "seconds": round(time.perf_counter() - t0, 1), "cpu": _cpu_name(), "cores": os.cpu_count(),
+        "seconds": round(time.perf_counter() - t0, 1), "cpu": cpu_name(), "cores": os.cpu_count(),
         "jax_version": jax.__version__, "pplvi_version": pplvi.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command or "pplvi.models.pvrnn.reproduce.run(...)",
     }
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, out)
+        out = write_json(out, results)
         say(f"wrote {out} ({results['seconds']:.0f} s in all)")
     return results
 

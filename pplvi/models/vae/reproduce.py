@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ import numpy as np
 import optax
 
 import pplvi
+from pplvi.models.results import device_name, write_json
 from pplvi.models.vae.data import load_images
 from pplvi.models.vae.gaussian import GaussianVAE, elbo, iwae, log_likelihood
 from pplvi.models.vae.linear import ppca_check
@@ -38,12 +36,6 @@ PUBLISHED = {
     "iwae_k5": -85.54,
     "iwae_k50": -84.78,
 }
-
-
-def _device() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores" \
-        if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
 
 
 def train_mnist(objective, *, steps: int, batch: int, lr: float, seed: int, train, say=print):
@@ -128,7 +120,7 @@ def run(*, steps: int = 40_000, batch: int = 100, k_train: int = 5, k_eval: int 
         "optimizer": f"adam, step {lr:g} decaying exponentially to {lr / 10:g}",
         "seed": seed,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "device": _device(),
+        "device": device_name(),
         "jax_version": jax.__version__,
         "pplvi_version": pplvi.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -137,11 +129,7 @@ def run(*, steps: int = 40_000, batch: int = 100, k_train: int = 5, k_eval: int 
         "rows": [row("elbo", "VAE"), row("iwae", f"IWAE (K={k_train})")],
     }
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, out)
+        out = write_json(out, results)
         say(f"wrote {out} ({results['seconds']:.0f} s in all)")
     return results
 
