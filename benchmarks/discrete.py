@@ -161,7 +161,7 @@ def vae_grad_fn(system: str) -> Callable:
     return lambda key, vae, images: objective.grad(key, vae, images)
 
 
-def vae_bench(sizes: dict, rows: list, curves: dict) -> dict:
+def vae_bench(sizes: dict, rows: list, curves: dict, systems=SYSTEMS) -> dict:
     images, source = load_mnist(sizes["n_train"] + sizes["n_test"])
     train_x, test_x = jnp.asarray(images[: sizes["n_train"]]), jnp.asarray(images[sizes["n_train"]:])
     n_batches = train_x.shape[0] // BATCH
@@ -183,12 +183,12 @@ def vae_bench(sizes: dict, rows: list, curves: dict) -> dict:
     _, warm = train(vae_grad_fn("baseline"), init, opt, batches, sizes["warmup"], sizes["warmup"], lambda v: 0.0)
     fixed = batches(0)
     variance = {}
-    for system in SYSTEMS:
+    for system in systems:
         fn = vae_grad_fn(system)
         g = draw_gradients(lambda k, v, fn=fn: fn(k, v, fixed), warm, sizes["draws"])
         variance[system] = group_variance({"guide": g.encoder, "model": g.decoder})
         print(f"[discrete_vae] {system:10s} variance {variance[system]}", flush=True)
-    for system in SYSTEMS:
+    for system in systems:
         curve, _ = train(vae_grad_fn(system), init, opt, batches, sizes["steps"], sizes["eval_every"], evaluate)
         curves[("discrete_vae", system)] = curve
         print(f"[discrete_vae] {system:10s} {curve[-1][0]:.1f}s final test ELBO {curve[-1][1]:.2f}", flush=True)
@@ -276,7 +276,7 @@ def mixture_grad_fn(system: str) -> Callable:
     return lambda key, params, ys: objective.grad(key, params, ys)
 
 
-def mixture_bench(sizes: dict, rows: list, curves: dict) -> dict:
+def mixture_bench(sizes: dict, rows: list, curves: dict, systems=SYSTEMS) -> dict:
     ys = mixture_data()
     init = {"mu": jnp.array([-1.0, 0.5, 1.0]), "phi": jnp.zeros((MIX_N, 3)), "b": jnp.zeros(MIX_N)}
     opt = optax.adam(3e-2)
@@ -287,7 +287,7 @@ def mixture_bench(sizes: dict, rows: list, curves: dict) -> dict:
     # are near 1, and a few hundred draws then rarely see the other values (rare events, not bias)
     exact = jax.grad(mixture_exact_elbo)(init, ys)
     variance, bias_z = {}, {}
-    for system in SYSTEMS:
+    for system in systems:
         fn = mixture_grad_fn(system)
         g = draw_gradients(lambda k, p, fn=fn: fn(k, p, ys), warm, sizes["draws"])
         variance[system] = group_variance({"guide": g["phi"], "model": g["mu"]})
@@ -299,7 +299,7 @@ def mixture_bench(sizes: dict, rows: list, curves: dict) -> dict:
                  for k in ("mu", "phi")]  # 903 coordinates: max |z| of an unbiased estimator is ~3-4.5
             bias_z[system] = float(max(jnp.max(jnp.abs(zz)) for zz in z))
         print(f"[mixture] {system:10s} variance {variance[system]} max|z| {bias_z.get(system)}", flush=True)
-    for system in SYSTEMS:
+    for system in systems:
         curve, _ = train(mixture_grad_fn(system), init, opt, batches, sizes["steps"], sizes["eval_every"], evaluate)
         curves[("mixture", system)] = curve
         print(f"[mixture] {system:10s} {curve[-1][0]:.1f}s final exact ELBO {curve[-1][1]:.4f}", flush=True)
@@ -311,10 +311,11 @@ def mixture_bench(sizes: dict, rows: list, curves: dict) -> dict:
 # Rows, plot, main
 # ----------------------------------------------------------------------------------------------------------------
 def add_rows(rows: list, model: str, variance: dict, curves: dict, bias_z: dict | None = None) -> None:
-    finals = {s: curves[(model, s)][-1][1] for s in SYSTEMS}
+    systems = list(variance)
+    finals = {s: curves[(model, s)][-1][1] for s in systems}
     target = finals["tracegraph"]  # where NumPyro's TraceGraph_ELBO ends its budget
     tg = variance["tracegraph"]
-    for system in SYSTEMS:
+    for system in systems:
         curve = curves[(model, system)]
         reached = next((t for t, e in curve if e >= target), None)
         steps_time = curve[-1][0]
@@ -339,6 +340,7 @@ def add_rows(rows: list, model: str, variance: dict, curves: dict, bias_z: dict 
 
 
 def plot(curves: dict, path: Path) -> None:
+    systems = list(dict.fromkeys(s for _, s in curves))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,11 +349,11 @@ def plot(curves: dict, path: Path) -> None:
     models = sorted({m for m, _ in curves})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4))
     for ax, model in zip(np.atleast_1d(axes), models):
-        for system in SYSTEMS:
+        for system in systems:
             t, e = zip(*curves[(model, system)])
             ax.plot(t, e, label=system, marker=".")
         ax.set(title=model, xlabel="training wall-clock (s)", ylabel="held-out ELBO")
-        finals = [curves[(model, s)][-1][1] for s in SYSTEMS]
+        finals = [curves[(model, s)][-1][1] for s in systems]
         lo, hi = min(finals), max(finals)
         ax.set_ylim(lo - 0.5 * (hi - lo) - 0.02 * abs(hi), hi + 0.1 * (hi - lo) + 0.005 * abs(hi))
         ax.legend()
@@ -361,13 +363,11 @@ def plot(curves: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    global SYSTEMS
     args, mode = parse_args(__doc__.splitlines()[0], argv)
-    if mode.name == "smoke":
-        SYSTEMS = SMOKE_SYSTEMS
+    systems = SMOKE_SYSTEMS if mode.name == "smoke" else SYSTEMS
     sizes = SIZES[mode.name]
     rows, curves = [], {}
-    info = {"vae": vae_bench(sizes, rows, curves), "mixture": mixture_bench(sizes, rows, curves)}
+    info = {"vae": vae_bench(sizes, rows, curves, systems), "mixture": mixture_bench(sizes, rows, curves, systems)}
     result = header(mode) | {
         "samples_per_timing": None,  # no interleaved timings here: training wall-clock curves
         "sizes": sizes,
