@@ -1,0 +1,32 @@
+"""Diffusion models in pplvi: noise schedules, denoising networks, the training objective (a reweighted ELBO written
+as a pplvi objective), samplers with NFE accounting, and exactly known models for checks.
+
+Inverse problems (RED-Diff) and guidance build on these: :mod:`pplvi.diffusion.inverse`,
+:mod:`pplvi.diffusion.guidance`.
+"""
+
+from pplvi.diffusion.analytic import GaussianMixture, energy_distance, gaussian_x0
+from pplvi.diffusion.model import PREDICTIONS, Diffusion, denoising_objective
+from pplvi.diffusion.networks import MLPDenoiser, UNet
+from pplvi.diffusion.samplers import (
+    SAMPLERS,
+    Samples,
+    cfg,
+    conditional,
+    ddim,
+    ddpm,
+    dpm_solver_pp,
+    heun,
+    karras_times,
+    predictor,
+    sample,
+    uniform_times,
+)
+from pplvi.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule, Schedule, schedule
+
+__all__ = [
+    "CosineSchedule", "Diffusion", "EDMSchedule", "GaussianMixture", "LinearSchedule", "MLPDenoiser", "PREDICTIONS",
+    "SAMPLERS", "Samples", "Schedule", "UNet", "cfg", "conditional", "ddim", "ddpm", "denoising_objective",
+    "dpm_solver_pp", "energy_distance", "gaussian_x0", "heun", "karras_times", "predictor", "sample", "schedule",
+    "uniform_times",
+]
