@@ -291,8 +291,8 @@ def _has_convolution(tree) -> bool:
 def _choose_loop(loop: str, params, placement) -> bool:
     """``True`` for the host loop. ``"auto"``: the host loop on the CPU backend when the parameters hold equinox
     convolutions. XLA:CPU runs a convolution inside a ``while`` loop through a slow generic path (measured on
-    jax 0.11: a 32-channel 8x8 convolution 20x slower forward and its weight gradient 480x slower than the same
-    op compiled outside a loop), so there one jitted call per step is much faster; elsewhere the compiled
+    jax 0.11 on 2 cores: a 32-channel 8x8 convolution 20x slower forward and its weight gradient 50x slower than the
+    same op compiled outside a loop), so there one jitted call per step is much faster; elsewhere the compiled
     multi-step loop saves the per-step dispatch."""
     if loop not in ("auto", "device", "host"):
         raise PPLVIError(f"fit: loop must be 'auto', 'device' or 'host', got {loop!r}")
