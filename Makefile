@@ -60,6 +60,12 @@ reproduce-pvrnn: $(STAMP)
 reproduce-niw-meta: $(STAMP)
 	$(PY) -m pplvi.models.niw_meta reproduce
 
+# Four small variational methods (ATE guided fine-tuning, kinetic-optimal paths, instance noise, binary continual
+# learning); writes benchmarks/results/variational_seeds.json (about 12 minutes on 2 CPU cores).
+.PHONY: reproduce-variational-seeds
+reproduce-variational-seeds: $(STAMP)
+	$(PY) -m pplvi.models.variational_seeds reproduce
+
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site

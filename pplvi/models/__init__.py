@@ -17,8 +17,28 @@ its objectives, trains with :func:`pplvi.fit`, and has an example script in ``ex
 * :mod:`pplvi.models.niw_meta`: hierarchical Bayesian few-shot meta-learning with a Normal-Inverse-Wishart prior
   (Kim & Hospedales 2024) — closed-form NIW terms, the one-time local iterate, NIW / ProtoNet / MAML on Omniglot
   with calibration (ECE).
+* :mod:`pplvi.models.ate`, :mod:`pplvi.models.kinetic_paths`, :mod:`pplvi.models.instance_noise`,
+  :mod:`pplvi.models.continual`: small variational methods — Align-Then-stEer guided flow-policy fine-tuning,
+  kinetic-optimal Gaussian paths (Shaul et al. 2023), instance-noise ELBO training for singular distributions (Chae et
+  al.), binary-weight variational continual learning (Li & Huang); reproduced together by
+  :mod:`pplvi.models.variational_seeds`.
 """
 
-from pplvi.models import air, fbm_sde, kvae, niw_meta, pvrnn, vae
+from pplvi.models import (
+    air,
+    ate,
+    continual,
+    fbm_sde,
+    instance_noise,
+    kinetic_paths,
+    kvae,
+    niw_meta,
+    pvrnn,
+    vae,
+    variational_seeds,
+)
 
-__all__ = ["air", "fbm_sde", "kvae", "niw_meta", "pvrnn", "vae"]
+__all__ = [
+    "air", "ate", "continual", "fbm_sde", "instance_noise", "kinetic_paths", "kvae", "niw_meta", "pvrnn", "vae",
+    "variational_seeds",
+]

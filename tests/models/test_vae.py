@@ -55,7 +55,8 @@ def increased(history, n=5) -> bool:
 # The models use only the public language
 # ---------------------------------------------------------------------------------------------------------------
 def test_models_import_only_the_public_language():
-    # model and diffusion libraries: pplvi's public modules, the field's libraries, and the standard library; never pplvi.core or a private module
+    # model and diffusion libraries: pplvi's public modules, the field's libraries, the standard library;
+    # never pplvi.core or a private module
     allowed = ("pplvi", "pplvi.objectives", "pplvi.data", "pplvi.models", "pplvi.diffusion", "pplvi.train", "equinox",
                "optax", "numpyro.distributions", "jax", "numpy", "scipy", "diffrax", "matplotlib", "tqdm", "__future__")
     stdlib = set(sys.stdlib_module_names)
