@@ -60,6 +60,12 @@ reproduce-pvrnn: $(STAMP)
 reproduce-niw-meta: $(STAMP)
 	$(PY) -m pplvi.models.niw_meta reproduce
 
+# Distribution Transformers: inverse-gamma vs per-problem SVI, GMM posteriors and prior change, tracking vs EKF and a
+# particle filter; about 15 minutes on 2 CPU cores; writes benchmarks/results/dist_transformer.json.
+.PHONY: reproduce-dist-transformer
+reproduce-dist-transformer: $(STAMP)
+	$(PY) -m pplvi.models.dist_transformer reproduce
+
 # Four small variational methods (ATE guided fine-tuning, kinetic-optimal paths, instance noise, binary continual
 # learning); writes benchmarks/results/variational_seeds.json (about 12 minutes on 2 CPU cores).
 .PHONY: reproduce-variational-seeds

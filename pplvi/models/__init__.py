@@ -17,6 +17,9 @@ its objectives, trains with :func:`pplvi.fit`, and has an example script in ``ex
 * :mod:`pplvi.models.niw_meta`: hierarchical Bayesian few-shot meta-learning with a Normal-Inverse-Wishart prior
   (Kim & Hospedales 2024) — closed-form NIW terms, the one-time local iterate, NIW / ProtoNet / MAML on Omniglot
   with calibration (ECE).
+* :mod:`pplvi.models.dist_transformer`: Distribution Transformers (Whittle et al. 2025) — a Gaussian-mixture prior
+  and observations mapped to the posterior mixture by attention, trained on the expected forward KL with prior
+  consistency; per-problem SVI (mixture guide, enumeration), exact conjugate posteriors, EKF / particle-filter tracking.
 * :mod:`pplvi.models.ate`, :mod:`pplvi.models.kinetic_paths`, :mod:`pplvi.models.instance_noise`,
   :mod:`pplvi.models.continual`: small variational methods — Align-Then-stEer guided flow-policy fine-tuning,
   kinetic-optimal Gaussian paths (Shaul et al. 2023), instance-noise ELBO training for singular distributions (Chae et
@@ -28,6 +31,7 @@ from pplvi.models import (
     air,
     ate,
     continual,
+    dist_transformer,
     fbm_sde,
     instance_noise,
     kinetic_paths,
@@ -39,6 +43,6 @@ from pplvi.models import (
 )
 
 __all__ = [
-    "air", "ate", "continual", "fbm_sde", "instance_noise", "kinetic_paths", "kvae", "niw_meta", "pvrnn", "vae",
-    "variational_seeds",
+    "air", "ate", "continual", "dist_transformer", "fbm_sde", "instance_noise", "kinetic_paths", "kvae", "niw_meta",
+    "pvrnn", "vae", "variational_seeds",
 ]
