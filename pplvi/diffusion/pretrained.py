@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,7 +130,7 @@ def load(name: str, path: Path | None = None) -> Diffusion:
         raise DataError(
             f"no trained diffusion model at {path}; make it with `python -m pplvi.diffusion train {name}`"
         )
-    return load_tree(path, build(name))
+    return load_tree(path, eqx.filter_eval_shape(build, name))
 
 
 def describe(name: str, path: Path | None = None) -> dict:

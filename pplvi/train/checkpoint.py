@@ -182,11 +182,13 @@ def save_tree(path, tree) -> Path:
 
 def load_tree(path, like):
     """Load a file written by :func:`save_tree` into the structure of ``like`` (same key paths, shapes and dtypes,
-    checked); ``like``'s non-array leaves are kept."""
+    checked); ``like``'s non-array leaves are kept. ``like`` may be abstract — e.g. ``eqx.filter_eval_shape(make)``,
+    whose array leaves are ``jax.ShapeDtypeStruct`` — so a large model need not be initialized only to be
+    overwritten."""
     import equinox as eqx
 
     meta, arrays = read_npz(path, "tree file")
     if meta.get("format") != FORMAT:
         raise DataError(f"{path} is not a pplvi tree file (format {meta.get('format')!r}); see pplvi.train.save_tree")
-    dynamic, static = eqx.partition(like, eqx.is_array)
+    dynamic, static = eqx.partition(like, lambda x: eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct))
     return eqx.combine(restore(dynamic, meta["leaves"], arrays, "leaf", path), static)

@@ -1,4 +1,4 @@
-"""pplvi.fit's two loops: one compiled while-loop per chunk ("device") or one compiled call per step ("host"), chosen
+"""pplvi.fit's two loops — one compiled while-loop per chunk ("device") or one compiled call per step ("host"), chosen
 automatically for convolutional models on CPU. Both compute the same steps."""
 
 from __future__ import annotations
@@ -64,3 +64,13 @@ def test_auto_picks_the_host_loop_for_convolutions_on_cpu_only():
     assert _choose_loop("host", mlp, None) is True
     with pytest.raises(PPLVIError, match="loop must be"):
         _choose_loop("python", mlp, None)
+
+
+def test_load_tree_accepts_an_abstract_structure(tmp_path):
+    make = lambda: eqx.nn.MLP(3, 2, 8, 2, key=jax.random.key(5))  # noqa: E731
+    path = pplvi.train.save_tree(tmp_path / "mlp.npz", make())
+    concrete = pplvi.train.load_tree(path, eqx.nn.MLP(3, 2, 8, 2, key=jax.random.key(6)))
+    abstract = pplvi.train.load_tree(path, eqx.filter_eval_shape(make))
+    for a, b in zip(jax.tree.leaves(concrete), jax.tree.leaves(abstract)):
+        np.testing.assert_array_equal(a, b)
+    assert abstract(jnp.ones(3)).shape == (2,)
