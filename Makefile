@@ -78,6 +78,12 @@ reproduce-variational-seeds: $(STAMP)
 reproduce-reddiff: $(STAMP)
 	$(PY) benchmarks/reddiff.py
 
+# Guidance rules: the exact Gaussian-mixture checks on CPU (about 7 minutes); the MNIST part (made on a GPU) is
+# kept. `python benchmarks/guidance.py` reruns both; writes benchmarks/results/guidance.json.
+.PHONY: reproduce-guidance
+reproduce-guidance: $(STAMP)
+	$(PY) benchmarks/guidance.py --part exact
+
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site

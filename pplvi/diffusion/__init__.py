@@ -5,7 +5,7 @@ Inverse problems (RED-Diff) and guidance build on these: :mod:`pplvi.diffusion.i
 :mod:`pplvi.diffusion.guidance`.
 """
 
-from pplvi.diffusion import inverse, pretrained
+from pplvi.diffusion import evaluation, guidance, inverse, pretrained
 from pplvi.diffusion.analytic import GaussianMixture, energy_distance, gaussian_x0
 from pplvi.diffusion.model import PREDICTIONS, Diffusion, denoising_objective
 from pplvi.diffusion.networks import MLPDenoiser, UNet
@@ -26,7 +26,7 @@ from pplvi.diffusion.samplers import (
 from pplvi.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule, Schedule, schedule
 
 __all__ = [
-    "inverse", "pretrained",
+    "evaluation", "guidance", "inverse", "pretrained",
     "CosineSchedule", "Diffusion", "EDMSchedule", "GaussianMixture", "LinearSchedule", "MLPDenoiser", "PREDICTIONS",
     "SAMPLERS", "Samples", "Schedule", "UNet", "cfg", "conditional", "ddim", "ddpm", "denoising_objective",
     "dpm_solver_pp", "energy_distance", "gaussian_x0", "heun", "karras_times", "predictor", "sample", "schedule",
