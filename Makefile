@@ -84,6 +84,12 @@ reproduce-reddiff: $(STAMP)
 reproduce-guidance: $(STAMP)
 	$(PY) benchmarks/guidance.py --part exact
 
+# Score distillation: SDS / VSD / DSD / PG-SB on an exact 2-D mixture, a VSD one-step MNIST generator and NASA;
+# about 15 minutes on 2 CPU cores; writes benchmarks/results/distill.json.
+.PHONY: reproduce-distill
+reproduce-distill: $(STAMP)
+	$(PY) benchmarks/distill.py
+
 # The benchmarks page is generated from benchmarks/results/*.json during the build (hook docs/gen_benchmarks.py).
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site

@@ -1,11 +1,12 @@
 """Diffusion models in pplvi: noise schedules, denoising networks, the training objective (a reweighted ELBO written
 as a pplvi objective), samplers with NFE accounting, and exactly known models for checks.
 
-Inverse problems (RED-Diff) and guidance build on these: :mod:`pplvi.diffusion.inverse`,
-:mod:`pplvi.diffusion.guidance`.
+Inverse problems (RED-Diff), guidance and score distillation build on these: :mod:`pplvi.diffusion.inverse`,
+:mod:`pplvi.diffusion.guidance`, :mod:`pplvi.diffusion.distill`; :mod:`pplvi.diffusion.evaluation` scores samples
+with a classifier and features trained here.
 """
 
-from pplvi.diffusion import evaluation, guidance, inverse, pretrained
+from pplvi.diffusion import distill, evaluation, guidance, inverse, pretrained
 from pplvi.diffusion.analytic import GaussianMixture, energy_distance, gaussian_x0
 from pplvi.diffusion.model import PREDICTIONS, Diffusion, denoising_objective
 from pplvi.diffusion.networks import MLPDenoiser, UNet
@@ -26,7 +27,7 @@ from pplvi.diffusion.samplers import (
 from pplvi.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule, Schedule, schedule
 
 __all__ = [
-    "evaluation", "guidance", "inverse", "pretrained",
+    "distill", "evaluation", "guidance", "inverse", "pretrained",
     "CosineSchedule", "Diffusion", "EDMSchedule", "GaussianMixture", "LinearSchedule", "MLPDenoiser", "PREDICTIONS",
     "SAMPLERS", "Samples", "Schedule", "UNet", "cfg", "conditional", "ddim", "ddpm", "denoising_objective",
     "dpm_solver_pp", "energy_distance", "gaussian_x0", "heun", "karras_times", "predictor", "sample", "schedule",
