@@ -61,6 +61,9 @@ def _strip(ds, tan):
 
 
 def _eval_eqn(eqn, ins: list[Dual]) -> list[Dual]:
+    if eqn.primitive.name == "stop_gradient":  # no tangent at all: nothing downstream of it is differentiated
+        return [Dual(_jax_private.bind_equation(eqn, *[d.primal for d in ins]), None)]
+
     def fn(*xs):
         return _jax_private.bind_equation(eqn, *xs)
 

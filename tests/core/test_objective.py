@@ -5,6 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as nd
 
 import pplvi
@@ -155,3 +156,23 @@ def test_bernoulli_guide_keeps_its_score_term():
     # The gradient without the score term (what a pathwise-only ELBO reports) is 0 here: the sites do not
     # depend on t except through the entropy term, so a working estimator must be far from it.
     assert abs(jax.grad(exact)(0.4)) > 10 * se
+
+
+def test_stop_gradient_carries_no_tangent_so_custom_vjp_code_after_it_runs():
+    """``g(stop_gradient(x)) * x`` with ``g`` a ``jax.custom_vjp`` (no forward-mode rule): the interpreter must not
+    differentiate ``g`` at all. Pathwise gradient: E[sin(x)] = sin(theta) exp(-1/2) for x ~ N(theta, 1); 5 SE."""
+
+    @jax.custom_vjp
+    def g(x):
+        return jnp.sin(x)
+
+    g.defvjp(lambda x: (jnp.sin(x), x), lambda x, ct: (jnp.cos(x) * ct,))
+
+    @pplvi.objective
+    def obj(theta):
+        x = pplvi.sample("x", nd.Normal(theta, 1.0))
+        return g(jax.lax.stop_gradient(x)) * x
+
+    grads = np.asarray(jax.vmap(lambda k: obj.grad(k, jnp.float32(0.7)))(jax.random.split(jax.random.key(0), 4000)))
+    se = grads.std(ddof=1) / np.sqrt(len(grads))
+    assert abs(grads.mean() - np.sin(0.7) * np.exp(-0.5)) < 5 * se
