@@ -182,7 +182,11 @@ class UNet(eqx.Module):
             raise PPLVIError(
                 f"UNet with {len(self.channels)} levels needs height and width divisible by {factor}; got {x.shape}"
             )
-        e = self.conditioning(t, label)
+        return self.forward(x, self.conditioning(t, label))
+
+    def forward(self, x, e):
+        """The network given its conditioning vector ``e`` (``conditioning(t, label)``, possibly modified, e.g. by
+        an adapter); ``x`` one image ``(channels, height, width)``."""
         h = _conv(self.stem, jnp.transpose(x, (1, 2, 0)))
         skips = []
         for i, block in enumerate(self.down):
@@ -216,4 +220,8 @@ class MLPDenoiser(eqx.Module):
     def __call__(self, x, t, label=0):
         if x.ndim != 1:
             raise PPLVIError(f"MLPDenoiser expects one vector shaped (dim,), got shape {x.shape}")
-        return self.mlp(jnp.concatenate([x, self.conditioning(t, label)]))
+        return self.forward(x, self.conditioning(t, label))
+
+    def forward(self, x, e):
+        """The network given its conditioning vector ``e`` (``conditioning(t, label)``, possibly modified)."""
+        return self.mlp(jnp.concatenate([x, e]))
