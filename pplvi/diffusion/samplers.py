@@ -115,12 +115,10 @@ def prior_sample(key, schedule: Schedule, shape):
     return jax.random.normal(key, shape)
 
 
-def ddim(key, pred, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0, x_init=None) -> Samples:
-    r"""DDIM: from :math:`t` to :math:`s < t`,
-
-    .. math:: x_s = a_s \hat x_0 + \sqrt{s_s^2 - \varsigma^2}\,\hat\varepsilon + \varsigma z,\quad
-              \varsigma = \eta \sqrt{(1 - \bar\alpha_s)/(1 - \bar\alpha_t)}\sqrt{1 - \bar\alpha_t/\bar\alpha_s}."""
-    _check_steps("ddim", steps)
+def _uniform_time_sampler(name, key, pred, schedule, shape, steps, x_init, transition) -> Samples:
+    """The loop shared by DDIM and DDPM: ``steps`` uniform times, ``transition(x, x0_hat, eps, t, s, key)`` from
+    ``t`` to the next time ``s``, then :math:`\\hat x_0` at ``t_min``."""
+    _check_steps(name, steps)
     pred = _as_predictor(pred)
     k0, key = jax.random.split(key)
     x = prior_sample(k0, schedule, shape) if x_init is None else x_init
@@ -130,17 +128,27 @@ def ddim(key, pred, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0
         x, state, nfe = carry
         t, s, k = inp
         eps, state, n = pred(x, t, state)
-        x0 = _x0(x, eps, t, schedule)
-        ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
-        var = eta**2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
-        x = jnp.sqrt(ab_s) * x0 + jnp.sqrt(jnp.maximum(1 - ab_s - var, 0.0)) * eps
-        x = x + jnp.sqrt(var) * jax.random.normal(k, x.shape)
-        return (x, state, nfe + n), None
+        return (transition(x, _x0(x, eps, t, schedule), eps, t, s, k), state, nfe + n), None
 
     keys = jax.random.split(key, len(ts) - 1)
     (x, state, nfe), _ = jax.lax.scan(step, (x, pred.init(x), jnp.int32(0)), (ts[:-1], ts[1:], keys))
     eps, _, n = pred(x, ts[-1], state)
     return Samples(_x0(x, eps, ts[-1], schedule), nfe + n)
+
+
+def ddim(key, pred, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0, x_init=None) -> Samples:
+    r"""DDIM: from :math:`t` to :math:`s < t`,
+
+    .. math:: x_s = a_s \hat x_0 + \sqrt{s_s^2 - \varsigma^2}\,\hat\varepsilon + \varsigma z,\quad
+              \varsigma = \eta \sqrt{(1 - \bar\alpha_s)/(1 - \bar\alpha_t)}\sqrt{1 - \bar\alpha_t/\bar\alpha_s}."""
+
+    def transition(x, x0, eps, t, s, k):
+        ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+        var = eta**2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
+        x = jnp.sqrt(ab_s) * x0 + jnp.sqrt(jnp.maximum(1 - ab_s - var, 0.0)) * eps
+        return x + jnp.sqrt(var) * jax.random.normal(k, x.shape)
+
+    return _uniform_time_sampler("ddim", key, pred, schedule, shape, steps, x_init, transition)
 
 
 def ddpm(key, pred, schedule: Schedule, shape, steps: int = 1000, x_init=None) -> Samples:
@@ -148,28 +156,15 @@ def ddpm(key, pred, schedule: Schedule, shape, steps: int = 1000, x_init=None) -
     :math:`\frac{a_{t|s} s_s^2}{s_t^2} x_t + \frac{a_s \sigma_{t|s}^2}{s_t^2}\hat x_0` and variance
     :math:`\sigma_{t|s}^2 s_s^2 / s_t^2`, where :math:`a_{t|s} = a_t/a_s`, :math:`\sigma_{t|s}^2 = s_t^2 -
     a_{t|s}^2 s_s^2` (Kingma et al. 2021's notation). The last step returns :math:`\hat x_0`."""
-    _check_steps("ddpm", steps)
-    pred = _as_predictor(pred)
-    k0, key = jax.random.split(key)
-    x = prior_sample(k0, schedule, shape) if x_init is None else x_init
-    ts = uniform_times(schedule, steps)
 
-    def step(carry, inp):
-        x, state, nfe = carry
-        t, s, k = inp
-        eps, state, n = pred(x, t, state)
-        x0 = _x0(x, eps, t, schedule)
+    def transition(x, x0, eps, t, s, k):
         ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
         a_ts2 = ab_t / ab_s
         var_ts = (1 - ab_t) - a_ts2 * (1 - ab_s)
         mean = jnp.sqrt(a_ts2) * (1 - ab_s) / (1 - ab_t) * x + jnp.sqrt(ab_s) * var_ts / (1 - ab_t) * x0
-        x = mean + jnp.sqrt(var_ts * (1 - ab_s) / (1 - ab_t)) * jax.random.normal(k, x.shape)
-        return (x, state, nfe + n), None
+        return mean + jnp.sqrt(var_ts * (1 - ab_s) / (1 - ab_t)) * jax.random.normal(k, x.shape)
 
-    keys = jax.random.split(key, len(ts) - 1)
-    (x, state, nfe), _ = jax.lax.scan(step, (x, pred.init(x), jnp.int32(0)), (ts[:-1], ts[1:], keys))
-    eps, _, n = pred(x, ts[-1], state)
-    return Samples(_x0(x, eps, ts[-1], schedule), nfe + n)
+    return _uniform_time_sampler("ddpm", key, pred, schedule, shape, steps, x_init, transition)
 
 
 def _denoiser(pred, schedule):
