@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=150)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--traj-samples", type=int, default=40)
+    ap.add_argument("--width", type=int, default=64)
     args = ap.parse_args(argv)
     n, steps, train_steps, traj_n = args.samples, 25, args.train_steps, args.traj_samples
     if args.quick:
@@ -51,14 +52,15 @@ def main(argv=None) -> int:
     t_traj = time.time() - t0
     print(f"trajectories: {traj['x_t'].shape[0]} states, {t_traj:.0f}s", flush=True)
     t1 = time.time()
-    agd = A.train_agd(model, traj, key=0, steps=train_steps, batch_size=64, lr=2e-3)
+    agd = A.train_agd(model, traj, key=0, steps=train_steps, batch_size=64, lr=2e-3, width=args.width)
     t_train = time.time() - t1
     print(f"training: {t_train:.0f}s", flush=True)
-    command = "python benchmarks/agd.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/agd.py" + (" --quick" if args.quick else (
+        f" --samples {n} --train-steps {train_steps} --traj-samples {traj_n} --width {args.width}"))
     if not args.quick:
         save_tree(WEIGHTS / "agd_mnist.npz", agd.adapter)
         (WEIGHTS / "agd_mnist.json").write_text(json.dumps({
-            "name": "agd_mnist", "base": "mnist", "command": command, "adapter_width": 64, "w_max": 10.0,
+            "name": "agd_mnist", "base": "mnist", "command": command, "adapter_width": args.width, "w_max": 10.0,
             "train_steps": train_steps, "batch_size": 64, "lr": 2e-3, "w_train": w_train,
             "trajectory_samples_per_w": traj_n, "ddim_steps": steps, "train_seconds": round(t_train, 1),
             "device": device_name()}, indent=2) + "\n")

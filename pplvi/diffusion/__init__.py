@@ -6,7 +6,17 @@ Inverse problems (RED-Diff), guidance and score distillation build on these: :mo
 with a classifier and features trained here.
 """
 
-from pplvi.diffusion import agd, classifier_guidance, distill, dynamic_cfg, evaluation, guidance, inverse, pretrained
+from pplvi.diffusion import (
+    agd,
+    classifier_guidance,
+    distill,
+    dynamic_cfg,
+    evaluation,
+    guidance,
+    inverse,
+    ppap,
+    pretrained,
+)
 from pplvi.diffusion.analytic import GaussianMixture, energy_distance, gaussian_x0
 from pplvi.diffusion.model import PREDICTIONS, Diffusion, denoising_objective
 from pplvi.diffusion.networks import MLPDenoiser, UNet
@@ -27,7 +37,7 @@ from pplvi.diffusion.samplers import (
 from pplvi.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule, Schedule, schedule
 
 __all__ = [
-    "agd", "classifier_guidance", "distill", "dynamic_cfg", "evaluation", "guidance", "inverse", "pretrained",
+    "agd", "classifier_guidance", "distill", "dynamic_cfg", "evaluation", "guidance", "inverse", "ppap", "pretrained",
     "CosineSchedule", "Diffusion", "EDMSchedule", "GaussianMixture", "LinearSchedule", "MLPDenoiser", "PREDICTIONS",
     "SAMPLERS", "Samples", "Schedule", "UNet", "cfg", "conditional", "ddim", "ddpm", "denoising_objective",
     "dpm_solver_pp", "energy_distance", "gaussian_x0", "heun", "karras_times", "predictor", "sample", "schedule",

@@ -331,9 +331,9 @@ def train_guide_classifier(steps: int | None = None, out: Path | None = None, pr
     return desc
 
 
-def load_guide_classifier(path: Path | None = None):
-    """``(logits_fn, description)``: the committed MNIST guide classifier as a batch function on model-space images
-    ``(B, 1, 28, 28)`` and its JSON description (``"temperature"`` is the calibrated temperature)."""
+def load_guide_net(path: Path | None = None):
+    """``(net, description)``: the committed MNIST guide classifier as a :class:`GuideNet` (one image -> logits)
+    and its JSON description."""
     npz = Path(path) if path else GUIDE_NPZ
     if not npz.exists():
         raise DataError(f"no guide classifier weights at {npz}; make them with "
@@ -341,6 +341,13 @@ def load_guide_classifier(path: Path | None = None):
     desc = json.loads(npz.with_suffix(".json").read_text())
     c = desc["config"]
     net = load_tree(npz, GuideNet(c["hidden"], c["softplus_beta"], key=jax.random.key(0)))
+    return net, desc
+
+
+def load_guide_classifier(path: Path | None = None):
+    """``(logits_fn, description)``: the committed MNIST guide classifier as a batch function on model-space images
+    ``(B, 1, 28, 28)`` and its JSON description (``"temperature"`` is the calibrated temperature)."""
+    net, desc = load_guide_net(path)
     return jax.vmap(net), desc
 
 
