@@ -2,7 +2,7 @@
 
     python examples/pvrnn_branching.py [w] [steps]
 
-The data branch C -> a with probability 0.3 and C -> b with 0.7. At an intermediate meta-prior (w = 0.01) the
+The data branch C -> a with probability 0.3 and C -> b with 0.7. At an intermediate meta-prior (w = 0.1) the
 sequences generated from one initial state reproduce those frequencies; at w = 1 generation becomes (near)
 deterministic. Then error regression (network frozen, adaptive vectors fitted to a window of recent observations)
 predicts the next steps of held-out sequences. About a minute on 2 CPU cores.
@@ -16,7 +16,7 @@ import numpy as np
 
 from pplvi.models import pvrnn as P
 
-w = float(sys.argv[1]) if len(sys.argv) > 1 else 1e-2
+w = float(sys.argv[1]) if len(sys.argv) > 1 else 1e-1
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
 
 fsm = P.branching_fsm(p=0.3)

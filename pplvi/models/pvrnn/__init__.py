@@ -12,26 +12,37 @@ written in pplvi's public language.
 * Baseline (:mod:`~pplvi.models.pvrnn.baseline`): the VRNN with an amortized :class:`Encoder`:
   :func:`vrnn_objective`, :func:`train_vrnn`, :func:`vrnn_predict`.
 * Data (:mod:`~pplvi.models.pvrnn.data`): :class:`FSM`, :func:`branching_fsm`, :func:`fsm_sequences`,
-  :func:`linear_gaussian_sequences`, :func:`kalman_smoother`.
-* Metrics (:mod:`~pplvi.models.pvrnn.metrics`): :func:`branching_error`, :func:`determinism`.
+  :func:`linear_gaussian_sequences`, :func:`kalman_smoother`; Omniglot pen strokes as pen-move sequences:
+  :func:`resample_stroke`, :func:`drawing_offsets`, :func:`stroke_sequences`, :func:`character_split`.
+* Metrics (:mod:`~pplvi.models.pvrnn.metrics`): :func:`branching_error`, :func:`branching_standard_error`,
+  :func:`determinism`.
 
-``python -m pplvi.models.pvrnn reproduce`` runs the meta-prior sweep and the error-regression checks and writes
-``benchmarks/results/pvrnn.json``.
+``python -m pplvi.models.pvrnn reproduce [--only SECTIONS]`` runs the meta-prior sweep, the error-regression checks
+and the Omniglot pen-stroke experiment and writes ``benchmarks/results/pvrnn.json`` (figures next to it).
 """
 
 from pplvi.models.pvrnn.baseline import filter_sequence, train_vrnn, vrnn_objective, vrnn_predict
 from pplvi.models.pvrnn.data import (
     FSM,
     branching_fsm,
+    character_split,
     check_fsm,
     check_sequences,
     classify_segments,
+    drawing_offsets,
     fsm_sequences,
     kalman_smoother,
     linear_gaussian_sequences,
+    resample_stroke,
+    stroke_sequences,
     transition_frequencies,
 )
-from pplvi.models.pvrnn.metrics import branching_error, branching_frequencies, determinism
+from pplvi.models.pvrnn.metrics import (
+    branching_error,
+    branching_frequencies,
+    branching_standard_error,
+    determinism,
+)
 from pplvi.models.pvrnn.model import PVRNN, AdaptiveVectors, Encoder, Layer, generate, unroll
 from pplvi.models.pvrnn.objectives import (
     error_regression,
@@ -46,9 +57,11 @@ from pplvi.models.pvrnn.objectives import (
 )
 
 __all__ = [
-    "FSM", "PVRNN", "AdaptiveVectors", "Encoder", "Layer", "branching_error", "branching_frequencies",
-    "branching_fsm", "check_fsm", "check_sequences", "classify_segments", "determinism", "error_regression",
-    "filter_sequence", "free_energy_terms", "fsm_sequences", "gaussian_kl", "generate", "kalman_smoother",
-    "linear_gaussian_sequences", "predict", "predict_from_prior", "pvrnn_objective", "reconstruct", "train",
-    "train_vrnn", "transition_frequencies", "unroll", "vrnn_objective", "vrnn_predict", "weighted_free_energy",
+    "AdaptiveVectors", "Encoder", "FSM", "Layer", "PVRNN", "branching_error", "branching_frequencies",
+    "branching_fsm", "branching_standard_error", "character_split", "check_fsm", "check_sequences",
+    "classify_segments", "determinism", "drawing_offsets", "error_regression", "filter_sequence",
+    "free_energy_terms", "fsm_sequences", "gaussian_kl", "generate", "kalman_smoother", "linear_gaussian_sequences",
+    "predict", "predict_from_prior", "pvrnn_objective", "reconstruct", "resample_stroke", "stroke_sequences",
+    "train", "train_vrnn", "transition_frequencies", "unroll", "vrnn_objective", "vrnn_predict",
+    "weighted_free_energy",
 ]

@@ -153,3 +153,89 @@ def check_sequences(x, *, name: str = "x") -> np.ndarray:
         i = tuple(int(v) for v in bad[0])
         raise pplvi.DataError(f"{name}[{i[0]}, {i[1]}, {i[2]}] is {x[i]}; sequences must be finite")
     return x
+
+
+# --- Omniglot pen strokes ---------------------------------------------------------------------------------------------
+
+def resample_stroke(points, spacing: float) -> np.ndarray:
+    r"""Resample one pen stroke ``points`` ``(P, 2)`` at equal arc length: the polyline's length :math:`L` is cut
+    into :math:`m = \max(1, \mathrm{round}(L / \text{spacing}))` equal pieces and the :math:`m + 1` points at arc
+    lengths :math:`kL/m` are returned (linear interpolation; first and last point kept). A stroke of zero length (a
+    dot) gives its single point ``(1, 2)``."""
+    points = np.asarray(points, np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 1:
+        raise pplvi.DataError(f"a stroke must be points of shape (P, 2) with P >= 1, got shape {points.shape}")
+    if not spacing > 0:
+        raise pplvi.DataError(f"spacing={spacing} must be > 0")
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    if arc[-1] == 0.0:
+        return points[:1]
+    pieces = max(1, int(round(arc[-1] / spacing)))
+    targets = np.linspace(0.0, arc[-1], pieces + 1)
+    keep = np.concatenate([[True], np.diff(arc) > 0])  # np.interp needs increasing abscissae
+    return np.stack([np.interp(targets, arc[keep], points[keep, j]) for j in range(2)], -1)
+
+
+def drawing_offsets(xy, stroke, *, spacing: float) -> np.ndarray:
+    r"""One drawing as pen moves ``(K, 3)``: rows :math:`(\Delta x, \Delta y, u)` between consecutive points of the
+    arc-length-resampled strokes (:func:`resample_stroke`), strokes in order of appearance; :math:`u = 1` when the
+    move lifts the pen (from the end of one stroke to the start of the next), else 0. ``xy`` ``(P, 2)``, ``stroke``
+    ``(P,)`` the stroke index of every point (points of a stroke contiguous)."""
+    xy, stroke = np.asarray(xy, np.float64), np.asarray(stroke)
+    if xy.ndim != 2 or xy.shape[1] != 2 or stroke.shape != (len(xy),) or len(xy) < 1:
+        raise pplvi.DataError(f"a drawing needs xy (P, 2) and stroke (P,) with P >= 1, got {xy.shape} and "
+                              f"{stroke.shape}")
+    if not np.isfinite(xy).all():
+        raise pplvi.DataError(f"drawing point {int(np.argwhere(~np.isfinite(xy))[0, 0])} is not finite")
+    starts = np.flatnonzero(np.concatenate([[True], stroke[1:] != stroke[:-1]]))
+    pieces = [resample_stroke(p, spacing) for p in np.split(xy, starts[1:])]
+    points = np.concatenate(pieces)
+    pen_up = np.zeros(len(points))
+    pen_up[np.cumsum([len(p) for p in pieces])[:-1]] = 1.0  # the first point of every later stroke
+    return np.concatenate([np.diff(points, axis=0), pen_up[1:, None]], -1)
+
+
+def stroke_sequences(strokes: dict, *, length: int = 40, spacing: float = 5.0, drawings=None) -> dict:
+    r"""Omniglot pen trajectories (``strokes`` from :func:`pplvi.data.load_omniglot_strokes`) as PV-RNN sequences:
+    each drawing's pen moves (:func:`drawing_offsets`, strokes resampled every ``spacing`` canvas pixels) with
+    :math:`(\Delta x, \Delta y)` divided by ``spacing`` (so an in-stroke move has length about 1), truncated to
+    their first ``length`` moves. Drawings with fewer than ``length`` moves are left out. ``drawings``: indices to
+    consider (default all). Returns ``{"x": (N, length, 3) float32, "index": (N,) drawing indices, "label",
+    "drawer": (N,)}``."""
+    for key in ("xy", "stroke", "offsets", "label", "drawer"):
+        if key not in strokes:
+            raise pplvi.DataError(f"strokes has no {key!r}; expected the dict of pplvi.data.load_omniglot_strokes()")
+    if length < 2:
+        raise pplvi.DataError(f"length={length} must be at least 2 moves")
+    offsets = np.asarray(strokes["offsets"])
+    total = len(offsets) - 1
+    drawings = np.arange(total) if drawings is None else np.asarray(drawings, np.int64)
+    if drawings.size and (drawings.min() < 0 or drawings.max() >= total):
+        raise pplvi.DataError(f"drawing indices must lie in 0..{total - 1}, got {drawings.min()}..{drawings.max()}")
+    rows, kept = [], []
+    for i in drawings:
+        a, b = offsets[i], offsets[i + 1]
+        moves = drawing_offsets(strokes["xy"][a:b], strokes["stroke"][a:b], spacing=spacing)
+        if len(moves) >= length:
+            moves = moves[:length].copy()
+            moves[:, :2] /= spacing
+            rows.append(moves)
+            kept.append(i)
+    kept = np.asarray(kept, np.int64)
+    x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, length, 3), np.float32)
+    return {"x": x, "index": kept, "label": np.asarray(strokes["label"])[kept],
+            "drawer": np.asarray(strokes["drawer"])[kept]}
+
+
+def character_split(labels, *, held_out: float = 0.2, seed: int = 0) -> np.ndarray:
+    """A train / held-out split **by character**: a seeded random ``held_out`` fraction of the distinct ``labels``
+    is held out, with every drawing of those characters. Returns a boolean mask, True = held out."""
+    labels = np.asarray(labels)
+    if not 0.0 < held_out < 1.0:
+        raise pplvi.DataError(f"held_out={held_out} must lie strictly between 0 and 1")
+    distinct = np.unique(labels)
+    if len(distinct) < 2:
+        raise pplvi.DataError(f"need at least 2 distinct characters to split, got {len(distinct)}")
+    count = min(len(distinct) - 1, max(1, int(round(held_out * len(distinct)))))
+    chosen = np.random.default_rng(seed).choice(distinct, count, replace=False)
+    return np.isin(labels, chosen)
