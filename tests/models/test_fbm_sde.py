@@ -10,14 +10,20 @@
   dense Gaussian one; exact moments under a linear-feedback control equal sampled ones.
 * The objectives: a few steps of bridge training raise the ELBO; the Hurst and video objectives have finite
   gradients, including in H.
+* The learned initial OU state (type I): its KL and its sampled moments match the closed forms; the gap of keeping
+  the prior's initial state equals KL(p(Y_0) || p(Y_0 | o)) computed by dense Gaussian conditioning.
 * Bad inputs raise pplvi errors that name the problem.
+* The committed results (benchmarks/results/fbm_sde.json): the contract keys exist and the Hurst-recovery claim
+  |learned H - true H| <= 0.05 holds for H = 0.2, 0.5, 0.8 and every recorded seed.
 (The bridge fits, Hurst recovery and the video comparison at full size are ``python -m pplvi.models.fbm_sde
 reproduce``.)
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -292,6 +298,8 @@ def test_hurst_objective_has_finite_gradients_in_every_parameter():
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves)
     assert float(grads.raw_hurst) != 0.0
+    # the learned initial OU state (type I) is part of the posterior and gets a gradient too
+    assert np.any(np.asarray(grads.start.mean) != 0.0) and np.any(np.asarray(grads.start.root) != 0.0)
 
 
 def test_video_objective_has_finite_values_and_gradients():
@@ -340,3 +348,113 @@ def test_bad_kind_step_and_shapes():
                 increments=jnp.zeros((10, 2, 1)))
     with pytest.raises(pplvi.ObjectiveError, match="rate must have shape"):
         F.LinearFeedbackControl.zeros(10, 1, 3, rate=jnp.ones(9))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The learned initial OU state
+# ---------------------------------------------------------------------------------------------------------------
+def _random_start(K: int, batch: tuple = ()):
+    rng = np.random.default_rng(3)
+    mean = jnp.asarray(rng.normal(size=(*batch, 1, K)), jnp.float32)
+    root = jnp.asarray(np.tril(0.3 * rng.normal(size=(K, K))) + np.diag(rng.uniform(0.5, 1.5, K)), jnp.float32)
+    return F.InitialOUPosterior(mean, root)
+
+
+def test_initial_state_posterior_kl_is_the_gaussian_kl_to_the_stationary_law():
+    driver = F.MarkovFBM(4, 1.0, "I", gamma_max=10.0)
+    start = _random_start(driver.K)
+    R = F.stationary_root(driver)
+    S = np.tril(np.asarray(start.root, np.float64))
+    q = nd.MultivariateNormal(jnp.asarray(R @ np.asarray(start.mean[0], np.float64)),
+                              scale_tril=jnp.asarray(R @ S))
+    p = nd.MultivariateNormal(jnp.zeros(driver.K), scale_tril=jnp.asarray(R))
+    assert float(start.kl()) == pytest.approx(float(nd.kl_divergence(q, p)), rel=1e-3, abs=1e-4)
+    assert float(F.InitialOUPosterior.prior(driver.K).kl()) == 0.0
+
+
+def test_initial_state_posterior_samples_have_its_mean_and_covariance():
+    driver = F.MarkovFBM(3, 1.0, "I", gamma_max=5.0)
+    start = _random_start(driver.K)
+    R = F.stationary_root(driver)
+    S = np.tril(np.asarray(start.root, np.float64))
+    mean, cov = R @ np.asarray(start.mean[0], np.float64), R @ S @ S.T @ R.T
+    direction = np.array([1.0, -0.5, 2.0])
+
+    @pplvi.objective
+    def projection(posterior):
+        return jnp.sum(posterior.sample(driver, (1,))[0] * direction)
+
+    n = 4000
+    draws = np.asarray(jax.vmap(lambda k: projection.estimate(k, start))(jax.random.split(jax.random.key(0), n)))
+    sd = math.sqrt(direction @ cov @ direction)
+    assert abs(draws.mean() - direction @ mean) < 5 * sd / math.sqrt(n)
+    assert abs(draws.std() - sd) < 5 * sd / math.sqrt(2 * n)
+    with pytest.raises(pplvi.ObjectiveError, match="type I driver"):
+        F.InitialOUPosterior.prior(3).sample(F.MarkovFBM(3, 1.0, "II"), (1,))
+
+
+def test_the_gap_of_keeping_the_prior_start_is_the_kl_to_the_posterior_of_the_start():
+    # dense Gaussian conditioning: X at the observation steps is linear in (Y_0, dB) through the Euler chain
+    problem = F.HurstProblem(0.8, paths=3, observations=4, substeps=4, K=3, gamma_max=5.0, refine_ratio=None)
+    data = problem.data().astype(np.float64)
+    matrices, column, P0 = F.linear.chain(problem.driver, 0.8, 1.1, 0.0, problem.dts)
+    n, K1 = problem.steps, len(column)
+    lin = np.zeros((K1, K1 + n))
+    lin[:, :K1] = np.eye(K1)
+    rows = []
+    for i, M in enumerate(matrices):
+        lin = M @ lin
+        lin[:, K1 + i] += column
+        rows.append(lin[0].copy())
+    A = np.array(rows)[problem.observation_steps - 1][:, 1:K1]  # dependence of the observations on Y_0
+    B = np.array(rows)[problem.observation_steps - 1][:, K1:]
+    P = P0[1:, 1:]
+    S = A @ P @ A.T + B @ np.diag(problem.dts) @ B.T + problem.noise ** 2 * np.eye(4)
+    gain = P @ A.T @ np.linalg.inv(S)
+    post_cov = P - gain @ A @ P
+    prior = nd.MultivariateNormal(jnp.zeros(K1 - 1), covariance_matrix=jnp.asarray(P))
+    expected = sum(float(nd.kl_divergence(
+        prior, nd.MultivariateNormal(jnp.asarray(gain @ d), covariance_matrix=jnp.asarray(post_cov)))) for d in data)
+    got = F.linear.initial_state_gap(problem.driver, 0.8, 1.1, problem.dts, problem.observation_steps, data,
+                                     problem.noise)
+    assert expected > 0.01
+    assert got == pytest.approx(expected, rel=2e-3)
+    assert F.linear.initial_state_gap(F.MarkovFBM(3, 1.0, "II", 5.0), 0.8, 1.1, problem.dts,
+                                      problem.observation_steps, data, problem.noise) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The committed results
+# ---------------------------------------------------------------------------------------------------------------
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fbm_sde.json"
+
+
+@pytest.fixture(scope="module")
+def results():
+    return json.loads(RESULTS.read_text())
+
+
+def test_committed_results_have_the_contract_keys(results):
+    for key in ("hurst", "bridge", "omega_cost", "video", "checks", "tolerances", "device", "command", "date",
+                "hurst_seeds", "section_runs"):
+        assert key in results, key
+    for row in results["hurst"]:
+        for key in ("true", "learned", "learned_scale", "seed", "fbm_mle", "markov_mle", "best_control_elbo_argmax",
+                    "elbo_last_100", "best_control_elbo_at_learned", "prior_start_gap_at_learned"):
+            assert key in row, key
+    assert not results["section_runs"]["hurst"]["quick"]
+
+
+def test_committed_hurst_recovery_is_within_0_05_for_every_true_h_and_seed(results):
+    tolerance = results["tolerances"]["hurst"]
+    assert tolerance == 0.05
+    seeds = results["hurst_seeds"]
+    assert len(seeds) >= 2
+    for seed in seeds:
+        rows = {row["true"]: row for row in results["hurst"] if row["seed"] == seed}
+        assert sorted(rows) == [0.2, 0.5, 0.8], (seed, sorted(rows))
+        for true, row in rows.items():
+            assert abs(row["learned"] - true) <= tolerance, (seed, true, row["learned"])
+            # the data and the Markov model allow it: both maximum-likelihood estimates are within the tolerance too
+            assert abs(row["fbm_mle"] - true) <= tolerance and abs(row["markov_mle"] - true) <= tolerance
+    assert results["checks"]["hurst_within_0.05"] is True

@@ -11,13 +11,15 @@ public language.
   :func:`quadrature_cost` (type II cost by quadrature of the kernel error).
 * The augmented SDE (:mod:`~pplvi.models.fbm_sde.sde`): :func:`solve` (Euler-Maruyama inside an objective, Brownian
   increments as reparameterized sample sites ``"dB"``, the Girsanov path KL), :func:`refined_steps` (grids refined
-  towards observations), :class:`LinearFeedbackControl`, :func:`time_to_go_rate`, :class:`Path`.
+  towards observations), :class:`LinearFeedbackControl`, :func:`time_to_go_rate`, :class:`InitialOUPosterior` (a
+  learned Gaussian law of the type I driver's initial OU state, with its KL to the stationary prior),
+  :func:`stationary_root`, :class:`Path`.
 * Exact linear-Gaussian computations (:mod:`~pplvi.models.fbm_sde.linear`): Kalman likelihood, the smallest ELBO
   gap of a drift-only posterior on a grid, exact moments under a linear-feedback control.
 * fOU bridge (:mod:`~pplvi.models.fbm_sde.bridge`): :class:`BridgeProblem`, :func:`bridge_elbo`,
   :func:`gaussian_posterior`, :func:`markov_posterior`, :func:`posterior_moments`, :func:`fit_bridge`.
 * Hurst recovery (:mod:`~pplvi.models.fbm_sde.hurst`): :class:`HurstProblem`, :func:`hurst_elbo`,
-  :func:`fit_hurst`, :func:`baselines` (exact-fBM and Markov-model maximum likelihood).
+  :func:`fit_hurst`, :func:`baselines` (exact-fBM and Markov-model maximum likelihood), :func:`prior_start_gap`.
 * Toy latent video model (:mod:`~pplvi.models.fbm_sde.video`): :class:`VideoConfig`, :func:`bar_videos`,
   :class:`VideoSDE`, :func:`video_elbo`, :func:`train_video`, :func:`heldout_elbo`, :func:`video_check`.
 
@@ -49,6 +51,7 @@ from pplvi.models.fbm_sde.hurst import (
     best_control_elbo,
     fit_hurst,
     hurst_elbo,
+    prior_start_gap,
 )
 from pplvi.models.fbm_sde.markov import (
     MarkovFBM,
@@ -60,12 +63,14 @@ from pplvi.models.fbm_sde.markov import (
     weight_system,
 )
 from pplvi.models.fbm_sde.sde import (
+    InitialOUPosterior,
     LinearFeedbackControl,
     Path,
     refined_steps,
     sample_increments,
     sample_initial_ou_state,
     solve,
+    stationary_root,
     time_to_go_rate,
 )
 from pplvi.models.fbm_sde.video import (
@@ -85,5 +90,5 @@ __all__ = [
     "monte_carlo_cost", "optimal_weights", "posterior_moments", "quadrature_cost", "raw_from_hurst",
     "sample_fbm", "sample_increments", "sample_initial_ou_state", "solve", "speeds", "time_to_go_rate",
     "train_video", "video_check", "video_elbo", "weight_system", "baselines", "fbm_log_likelihood", "linear",
-    "refined_steps", "best_control_elbo",
+    "refined_steps", "best_control_elbo", "InitialOUPosterior", "prior_start_gap", "stationary_root",
 ]

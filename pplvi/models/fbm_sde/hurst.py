@@ -6,9 +6,16 @@ sample_fbm`) on :math:`[0, T]`, observed at ``observations`` equally spaced time
 ``noise``. Model: :math:`dX = \sigma\,d\hat B^H_t`, :math:`X_0 = 0`, with :math:`H = \mathrm{sigmoid}(\text{raw})`
 and :math:`\sigma = e^{\log\sigma}` learned; posterior: the controlled augmented SDE with a
 :class:`~pplvi.models.fbm_sde.sde.LinearFeedbackControl` whose offsets are separate per path and whose rate is one
-over the time to the next observation plus :func:`rate_floor`, on an Euler grid refined towards every observation
-(a uniform grid's one-step noise floor biases the ELBO's maximizer towards smooth paths: with 8 uniform substeps the
-best possible drift-only posterior puts the maximizer at H = 0.48 for data with H = 0.2, 16 paths).
+over the time to the next observation plus :func:`rate_floor`, started from a learned Gaussian initial OU state
+:class:`~pplvi.models.fbm_sde.sde.InitialOUPosterior` (type I; means separate per path, KL to the stationary prior
+in the ELBO), on an Euler grid refined towards every observation (a uniform grid's one-step noise floor biases the
+ELBO's maximizer towards smooth paths: with 8 uniform substeps the best possible drift-only posterior puts the
+maximizer at H = 0.48 for data with H = 0.2, 16 paths; the drift-only family's gap on the uniform parts of the
+grid is about proportional to the step and larger for rough H, hence 16 substeps by default). Keeping the prior's
+initial state instead costs :math:`\mathrm{KL}(p(Y_0) \| p(Y_0 \mid o))` nats
+(:func:`~pplvi.models.fbm_sde.linear.initial_state_gap`: 27.5 at H = 0.8, 26.0 at H = 0.2, 0.26 at H = 0.5 for 64
+paths, seed 0, sigma = 1), a gap that grows with :math:`|H - 1/2|` and pulled the learned H towards 1/2 (0.738 for
+data with H = 0.8).
 :func:`hurst_elbo` is the ELBO summed over paths (averaged over particles) and :func:`fit_hurst` maximizes it over
 the model and the posterior together; :func:`baselines` gives the exact-fBM and Markov-model maximum-likelihood
 estimates from the same data.
@@ -27,9 +34,15 @@ import optax
 
 import pplvi
 from pplvi.models.fbm_sde.exact import fbm_log_likelihood, sample_fbm
-from pplvi.models.fbm_sde.linear import family_gap, log_likelihood
+from pplvi.models.fbm_sde.linear import family_gap, initial_state_gap, log_likelihood
 from pplvi.models.fbm_sde.markov import MarkovFBM, check_hurst, hurst_from_raw, raw_from_hurst
-from pplvi.models.fbm_sde.sde import LinearFeedbackControl, refined_steps, solve, time_to_go_rate
+from pplvi.models.fbm_sde.sde import (
+    InitialOUPosterior,
+    LinearFeedbackControl,
+    refined_steps,
+    solve,
+    time_to_go_rate,
+)
 
 
 class HurstProblem(eqx.Module):
@@ -41,7 +54,7 @@ class HurstProblem(eqx.Module):
     hurst: float
     paths: int = 64
     observations: int = 32
-    substeps: int = 4
+    substeps: int = 16
     refine_ratio: float | None = 0.5
     dt_min: float = 1e-4
     T: float = 1.0
@@ -89,22 +102,28 @@ class HurstProblem(eqx.Module):
 
 
 class FractionalBrownianModel(eqx.Module):
-    """The model's parameters (``raw_hurst``, ``log_scale``) and the posterior's control."""
+    """The model's parameters (``raw_hurst``, ``log_scale``) and the posterior's: the control and the initial OU
+    state's law ``start`` (``None``: the prior's, as for a type II driver)."""
 
     raw_hurst: jax.Array
     log_scale: jax.Array
     control: LinearFeedbackControl
+    start: InitialOUPosterior | None = None
 
     @property
     def hurst(self):
         return hurst_from_raw(self.raw_hurst)
 
 
-def initial_model(problem: HurstProblem, hurst: float = 0.5, scale: float = 1.0) -> FractionalBrownianModel:
+def initial_model(problem: HurstProblem, hurst: float = 0.5, scale: float = 1.0,
+                  learn_start: bool = True) -> FractionalBrownianModel:
+    """The model at ``(hurst, scale)`` with the prior as posterior (zero control; ``learn_start`` and a type I driver:
+    an :class:`~pplvi.models.fbm_sde.sde.InitialOUPosterior` at the prior, one mean per path)."""
     rate = time_to_go_rate(problem.observation_steps, problem.steps, problem.dts,
                            rate_floor(problem, jnp.asarray(hurst), jnp.asarray(np.log(scale))))
     control = LinearFeedbackControl.zeros(problem.steps, 1, problem.K, batch=(problem.paths,), rate=rate)
-    return FractionalBrownianModel(jnp.asarray(raw_from_hurst(hurst)), jnp.asarray(np.log(scale)), control)
+    start = InitialOUPosterior.prior(problem.K, 1, (problem.paths,)) if learn_start and problem.kind == "I" else None
+    return FractionalBrownianModel(jnp.asarray(raw_from_hurst(hurst)), jnp.asarray(np.log(scale)), control, start)
 
 
 def rate_floor(problem: HurstProblem, hurst, log_scale):
@@ -118,9 +137,10 @@ def rate_floor(problem: HurstProblem, hurst, log_scale):
 
 
 def hurst_elbo(problem: HurstProblem, particles: int = 2) -> pplvi.Objective:
-    r"""The ELBO :math:`\sum_{\text{paths}} \mathbb E_Q[\sum_j \log \mathcal N(o_j; X_{t_j}, s^2) - \int \frac12
-    u^2 dt]`, each expectation averaged over ``particles`` posterior paths. Call as ``objective(model, data)``
-    with ``data`` ``(paths, observations)``."""
+    r"""The ELBO :math:`\sum_{\text{paths}} \big(\mathbb E_Q[\sum_j \log \mathcal N(o_j; X_{t_j}, s^2) - \int
+    \frac12 u^2 dt] - \mathrm{KL}(q(Y_0) \| p(Y_0))\big)`, each expectation averaged over ``particles`` posterior
+    paths (the KL term is absent when ``model.start`` is None: then :math:`q(Y_0) = p(Y_0)`). Call as
+    ``objective(model, data)`` with ``data`` ``(paths, observations)``."""
     driver = problem.driver
     obs_index = problem.observation_steps
 
@@ -132,32 +152,35 @@ def hurst_elbo(problem: HurstProblem, particles: int = 2) -> pplvi.Objective:
                                rate_floor(problem, model.hurst, model.log_scale))
         control = eqx.tree_at(lambda c: c.rate, model.control, rate.astype(model.control.rate.dtype))
         x0 = jnp.zeros((particles, problem.paths, 1))
+        y0 = None if model.start is None else model.start.sample(driver, x0.shape)
         path = solve(driver, model.hurst, lambda t, x: jnp.zeros_like(x), lambda t, x: scale * jnp.ones_like(x),
-                     x0, dt=problem.dts, steps=problem.steps, control=control)
+                     x0, dt=problem.dts, steps=problem.steps, control=control, y0=y0)
         at_obs = path.xs[obs_index, :, :, 0]  # (observations, particles, paths)
         log_lik = dist.Normal(at_obs, problem.noise).log_prob(data.T[:, None, :]).sum(0)
-        return jnp.sum(jnp.mean(log_lik - path.path_kl, 0))
+        start_kl = 0.0 if model.start is None else jnp.sum(model.start.kl())
+        return jnp.sum(jnp.mean(log_lik - path.path_kl, 0)) - start_kl
 
     return fbm_hurst_elbo
 
 
 def fit_hurst(problem: HurstProblem, *, steps: int = 3000, warmup: int = 1000, particles: int = 2, lr: float = 2e-2,
-              model_lr: float | None = None, seed: int = 0, progress: bool | None = None) -> dict:
+              model_lr: float | None = None, seed: int = 0, learn_start: bool = True,
+              progress: bool | None = None) -> dict:
     """Fit :math:`H`, :math:`\\sigma` and the posterior on ``problem.data()`` from :math:`H = 0.5`, :math:`\\sigma
     = 1`: first ``warmup`` steps train the posterior alone (the model frozen: an untrained posterior's ELBO favours
     smooth paths and would drag :math:`H` up), then ``steps`` steps train everything, the model with the smaller
     learning rate ``model_lr`` (default ``lr``) so that the posterior keeps up with it (a lagging posterior biases
-    the ELBO's maximizer in :math:`H`). Returns the learned values."""
+    the ELBO's maximizer in :math:`H`). ``learn_start=False`` keeps the prior's initial OU state (the posterior
+    family before the initial-state posterior was added; for comparison). Returns the learned values."""
     t0 = time.perf_counter()
     data = jnp.asarray(problem.data())
     objective = hurst_elbo(problem, particles)
-    model = initial_model(problem)
+    model = initial_model(problem, learn_start=learn_start)
     if warmup:
-        only_control = jax.tree_util.tree_map(lambda _: False, model)
-        only_control = eqx.tree_at(lambda m: m.control, only_control,
-                                   jax.tree_util.tree_map(lambda _: True, model.control))
+        only_posterior = jax.tree_util.tree_map(lambda _: True, model)
+        only_posterior = eqx.tree_at(lambda m: (m.raw_hurst, m.log_scale), only_posterior, (False, False))
         model = pplvi.fit(objective, model, data=(data,), optimizer=optax.adam(lr), steps=warmup,
-                          trainable=only_control, key=jax.random.key(seed + 1), progress=progress,
+                          trainable=only_posterior, key=jax.random.key(seed + 1), progress=progress,
                           desc=f"posterior warm-up H={problem.hurst}").params
 
     def labels(tree):
@@ -187,13 +210,23 @@ def _grid_argmax(score, hursts, scales) -> tuple[float, float]:
 
 
 def best_control_elbo(problem: HurstProblem, hurst: float, scale: float) -> float:
-    """The ELBO of the best drift-only posterior at the model ``(hurst, scale)`` on ``problem.data()``: the exact
-    log-likelihood of the discretized model minus :func:`~pplvi.models.fbm_sde.linear.family_gap` per path. A trained
-    ELBO below it measures how far the posterior is from its optimum."""
+    """The ELBO of the best posterior of the trained family (drift-only control, learned Gaussian initial OU state)
+    at the model ``(hurst, scale)`` on ``problem.data()``: the exact log-likelihood of the discretized model minus
+    :func:`~pplvi.models.fbm_sde.linear.family_gap` per path (a learned initial state closes the initial-state part
+    of the gap, :func:`prior_start_gap`). A trained ELBO below it measures how far the posterior is from its
+    optimum."""
     data = problem.data().astype(np.float64)
     obs = problem.observation_steps
     return (log_likelihood(problem.driver, hurst, scale, problem.dts, obs, data, problem.noise)
             - problem.paths * family_gap(problem.driver, hurst, scale, problem.dts, obs, problem.noise))
+
+
+def prior_start_gap(problem: HurstProblem, hurst: float, scale: float) -> float:
+    """How much lower the best ELBO at the model ``(hurst, scale)`` would be if the posterior kept the prior's
+    initial OU state (``learn_start=False``): :func:`~pplvi.models.fbm_sde.linear.initial_state_gap` on
+    ``problem.data()``, nats summed over paths."""
+    return initial_state_gap(problem.driver, hurst, scale, problem.dts, problem.observation_steps,
+                             problem.data().astype(np.float64), problem.noise)
 
 
 def baselines(problem: HurstProblem, hursts=None, scales=None) -> dict:

@@ -17,6 +17,10 @@ t_n)`, with :math:`g = (\sigma\bar\omega, 1, \dots, 1)` and
   q_n)^{-1}`, :math:`q_n = g^\top J_{n+1} g` with :math:`J` the backward information of the observations; a control
   keeps the variance :math:`\Delta t_n`, so the gap is at least (and with the best control exactly)
   :math:`\sum_n \tfrac12 (\Delta t_n q_n - \log(1 + \Delta t_n q_n))`.
+  This assumes the posterior's initial state is the exact posterior's (a learned :math:`q(Y_0)` for a type I
+  driver); keeping the prior's initial state adds :func:`initial_state_gap`.
+* :func:`initial_state_gap`: the extra gap (summed over sequences) when the posterior keeps the prior's initial OU
+  state, :math:`\mathrm{KL}(p(Y_0) \| p(Y_0 \mid o))` (type I only; zero for type II).
 * :func:`controlled_moments`: the exact mean and std of :math:`X` under a linear-feedback control (no sampling).
 * :func:`posterior_std` and :func:`best_control_std`: the std of :math:`X` on the grid under the exact posterior of
   the chain given one observation at the end, and under the best control.
@@ -92,6 +96,38 @@ def family_gap(noise: MarkovFBM, hurst: float, scale: float, dts, observation_st
     docstring); it does not depend on the observed values."""
     matrices, column, _ = chain(noise, hurst, scale, theta, dts)
     return float(np.sum(_backward(matrices, column, np.asarray(dts, np.float64), observation_steps, obs_noise)[1]))
+
+
+def initial_state_gap(noise: MarkovFBM, hurst: float, scale: float, dts, observation_steps, data, obs_noise: float,
+                      theta: float = 0.0) -> float:
+    r""":math:`\sum_{\text{sequences}} \mathrm{KL}(p(Y_0) \,\|\, p(Y_0 \mid o))` (nats): the extra ELBO gap of a
+    posterior that keeps the prior's initial OU state (type I: stationary, random; type II: 0, no gap) instead of
+    learning :math:`q(Y_0)` (:class:`~pplvi.models.fbm_sde.sde.InitialOUPosterior`). With the backward information
+    :math:`(J_0, h_0)` of the observations seen from :math:`Z_0` (restricted to :math:`Y`), the posterior of
+    :math:`Y_0` has precision :math:`\Lambda = P_0^{-1} + J_0` and mean :math:`\Lambda^{-1} h_0`, and
+    :math:`\mathrm{KL}(\mathcal N(0, P_0) \| \mathcal N(\mu, \Lambda^{-1})) = \tfrac12 (\mathrm{tr}(\Lambda P_0) - K +
+    \mu^\top\Lambda\mu - \log\det\Lambda - \log\det P_0)`."""
+    if noise.kind == "II":
+        return 0.0
+    dts = np.asarray(dts, np.float64)
+    matrices, column, P0 = chain(noise, hurst, scale, theta, dts)
+    data = np.asarray(data, np.float64)
+    at = {int(i): j for j, i in enumerate(observation_steps)}
+    J, h = np.zeros((len(column), len(column))), np.zeros((len(column), data.shape[0]))
+    for n in range(len(matrices) - 1, -1, -1):
+        if n + 1 in at:
+            J, h = J.copy(), h.copy()
+            J[0, 0] += 1.0 / obs_noise ** 2
+            h[0] += data[:, at[n + 1]] / obs_noise ** 2
+        Jg, shrink = J @ column, 1.0 / (1.0 / dts[n] + column @ J @ column)
+        h = matrices[n].T @ (h - np.outer(Jg, column @ h) * shrink)
+        J = matrices[n].T @ (J - np.outer(Jg, Jg) * shrink) @ matrices[n]
+    P, precision = P0[1:, 1:], np.linalg.inv(P0[1:, 1:]) + J[1:, 1:]
+    mean = np.linalg.solve(precision, h[1:])
+    K = P.shape[0]
+    per_sequence = 0.5 * (np.trace(precision @ P) - K + np.einsum("ip,ij,jp->p", mean, precision, mean)
+                          - np.linalg.slogdet(precision)[1] - np.linalg.slogdet(P)[1])
+    return float(np.sum(per_sequence))
 
 
 def posterior_std(noise: MarkovFBM, hurst: float, scale: float, theta: float, dts, obs_noise: float) -> np.ndarray:

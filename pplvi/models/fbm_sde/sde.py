@@ -33,6 +33,12 @@ along the diffusion column). The smallest possible ELBO gap of a drift-only cont
 family_gap`), which is small only when every step is short compared with the time to the next observation plus
 :math:`s^2 / (s_\theta \bar\omega)^2` (``s``: the observation noise std). A uniform grid fails this for rough
 noise (large :math:`\bar\omega`); a grid refined geometrically towards each observation meets it with few steps.
+
+Initial state. A type I driver starts its OU processes from their stationary law (the fBM's infinite past). The
+observations are informative about it when :math:`H \ne 1/2`, so a posterior should learn its law too:
+:class:`InitialOUPosterior` (Gaussian, in the prior's whitened coordinates, with the
+:math:`\mathrm{KL}(q(Z_0) \,\|\, p(Z_0))` term of the ELBO); pass its :meth:`~InitialOUPosterior.sample` as
+``y0`` to :func:`solve`.
 """
 
 from __future__ import annotations
@@ -117,6 +123,65 @@ def initial_ou_state(noise: MarkovFBM, shape: tuple, address: str = "y0"):
     cov = noise.initial_covariance()
     base = dist.MultivariateNormal(jnp.zeros(noise.K), covariance_matrix=cov)
     return pplvi.sample(address, base.expand(shape).to_event(len(shape)))
+
+
+class InitialOUPosterior(eqx.Module):
+    r"""A Gaussian posterior for the initial OU state of a type I driver, :math:`q(Y_0) = \mathcal N(R\,m,
+    R S S^\top R^\top)` per latent dimension, in the prior's whitened coordinates: :math:`R` is the Cholesky factor
+    of the stationary covariance :math:`[1 / (\gamma_i + \gamma_j)]` (fixed), ``mean`` :math:`m` is
+    ``(*batch, D, K)`` (one per observed sequence when ``batch`` is not empty) and ``root`` :math:`S` is a shared
+    ``(K, K)`` lower-triangular factor. :math:`m = 0, S = I` is the prior.
+
+    Why: the ELBO (Daems et al., ICLR 2024, Section 4) is :math:`\mathbb E_Q \sum_i \log p(o_i \mid X_{t_i}) -
+    \mathrm{KL}(q(Z_0) \,\|\, p(Z_0)) - \mathbb E_Q \int \tfrac12 \|u\|^2 dt`. A type I driver's stationary start
+    :math:`Y_0` is the "infinite past" of the fBM; for :math:`H \ne 1/2` the observations carry information about it
+    (the weights of the slow OU processes are large), so a posterior that keeps :math:`q(Y_0) = p(Y_0)` has an ELBO
+    gap of at least :math:`\mathrm{KL}(p(Y_0) \,\|\, p(Y_0 \mid o))` (:func:`~pplvi.models.fbm_sde.linear.
+    initial_state_gap`), which no control can close and which depends on :math:`H` (about 0 at :math:`H = 1/2`),
+    so it biases a learned :math:`H` towards 1/2. In the whitened coordinates
+
+    .. math:: \mathrm{KL}(q(Y_0) \,\|\, p(Y_0)) = \tfrac12 \big(\|S\|_F^2 + \|m\|^2 - K\big) - \log|\det S|,
+
+    well conditioned even though the stationary covariance (nearly a Cauchy matrix) is not."""
+
+    mean: jax.Array
+    root: jax.Array
+
+    @classmethod
+    def prior(cls, K: int, D: int = 1, batch: tuple = ()):
+        """The prior itself (``m = 0``, ``S = I``): the starting point of training."""
+        return cls(jnp.zeros((*batch, D, K)), jnp.eye(K))
+
+    def sample(self, noise: MarkovFBM, shape: tuple, address: str = "y0"):
+        """Inside an objective: :math:`Y_0 = R (m + S \varepsilon)` of shape ``(*shape, K)`` (``shape`` ends with
+        the mean's ``(*batch, D)``), :math:`\varepsilon` a reparameterized standard normal site at ``address``."""
+        if noise.kind != "I":
+            raise pplvi.ObjectiveError("InitialOUPosterior is for a type I driver (type II starts at Y_0 = 0).")
+        if tuple(shape[len(shape) - self.mean.ndim + 1:]) != self.mean.shape[:-1]:
+            raise pplvi.ObjectiveError(f"shape {shape} must end with the posterior's (*batch, D) = "
+                                       f"{self.mean.shape[:-1]}.")
+        K = noise.K
+        dtype = self.mean.dtype
+        base = dist.Normal(jnp.zeros((*shape, K), dtype), 1.0).to_event(len(shape) + 1)
+        eps = pplvi.sample(address, base)
+        chol = jnp.asarray(stationary_root(noise), dtype)
+        whitened = self.mean + eps @ jnp.tril(self.root).T
+        return whitened @ chol.T
+
+    def kl(self):
+        r""":math:`\mathrm{KL}(q(Y_0) \,\|\, p(Y_0))` summed over latent dimensions, ``(*batch,)``."""
+        S = jnp.tril(self.root)
+        K = S.shape[0]
+        per_dimension = (0.5 * (jnp.sum(S ** 2) - K) - jnp.sum(jnp.log(jnp.abs(jnp.diag(S))))
+                         + 0.5 * jnp.sum(self.mean ** 2, -1))
+        return jnp.sum(per_dimension, -1)
+
+
+def stationary_root(noise: MarkovFBM) -> np.ndarray:
+    r"""The Cholesky factor (float64, NumPy) of a type I driver's stationary covariance :math:`[1/(\gamma_i +
+    \gamma_j)]`."""
+    g = np.asarray(noise.gammas, np.float64)
+    return np.linalg.cholesky(1.0 / (g[:, None] + g[None, :]))
 
 
 def sample_initial_ou_state(noise: MarkovFBM, key, shape: tuple):
