@@ -44,8 +44,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--fidelity-weight", type=float, default=1.0)
     ap.add_argument("--lookahead", type=float, default=None, help="default: one step, 1/steps")
+    ap.add_argument("--candidates", default=None, help="comma-separated scales (default: "
+                    + ",".join(f"{w:g}" for w in CANDIDATES) + ")")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    candidates = tuple(float(w) for w in a.candidates.split(",")) if a.candidates else tuple(CANDIDATES)
+    statics = sorted(set(candidates) | set(CANDIDATES))  # every candidate, and the default grid, as static CFG
     per_class, steps = (2, 5) if a.quick else (10, 25)
     out_path = Path(a.out) if a.out else (ROOT.parent / "out" / "dynamic_cfg_quick.json" if a.quick else RESULTS)
     model, ev = P.load("mnist"), E.load_evaluator("mnist")
@@ -56,10 +60,11 @@ def main(argv=None) -> int:
     labels = jnp.repeat(jnp.arange(10, dtype=jnp.int32), per_class)
     shape, key = (n, 1, 28, 28), jax.random.key(0)
     out = {"device": device_name(), "samples": n, "steps": steps, "sampler": "ddim", "model": "P.load('mnist')",
-           "candidates": list(CANDIDATES), "fidelity_weight": a.fidelity_weight,
+           "candidates": list(candidates), "fidelity_weight": a.fidelity_weight,
            "command": "python benchmarks/dynamic_cfg.py" + (" --quick" if a.quick else "")
            + (f" --fidelity-weight {a.fidelity_weight:g}" if a.fidelity_weight != 1.0 else "")
-           + (f" --lookahead {a.lookahead:g}" if a.lookahead is not None else ""), "methods": []}
+           + (f" --lookahead {a.lookahead:g}" if a.lookahead is not None else "")
+           + (f" --candidates {a.candidates}" if a.candidates else ""), "methods": []}
 
     def record(name, rule):
         t0 = time.time()
@@ -71,9 +76,9 @@ def main(argv=None) -> int:
         out["methods"].append(row)
         print(row, flush=True)
 
-    for w in CANDIDATES:
+    for w in statics:
         record(f"cfg w={w:g}", G.CFG(model, labels, w))
-    dyn = DC.DynamicCFG(model, labels, alignment, fidelity, CANDIDATES, fidelity_weight=a.fidelity_weight,
+    dyn = DC.DynamicCFG(model, labels, alignment, fidelity, candidates, fidelity_weight=a.fidelity_weight,
                         lookahead=a.lookahead if a.lookahead is not None else 1.0 / steps, record=steps)
     record("dynamic cfg", dyn)
     # the chosen scales: the samplers return no predictor state, so DDIM is re-run step by step here
