@@ -160,7 +160,14 @@ def table(suite: str, rows: list[dict], compact: bool = False) -> str:
 def describe(result: dict) -> str:
     mode = result.get("mode") or ("quick" if result.get("quick") else "full")
     samples = result.get("samples_per_timing")
-    text = f"{result.get('device', '?')}, jax {result.get('jax_version', '?')}, {result.get('date', '?')}, {mode} mode"
+    parts = [str(result.get("device", "device not recorded"))]
+    if result.get("jax_version"):
+        parts.append(f"jax {result['jax_version']}")
+    if result.get("date"):
+        parts.append(str(result["date"]))
+    text = ", ".join(parts + [f"{mode} mode"])
+    if result.get("command"):
+        text += f"; `{result['command']}`"
     if samples:
         text += f", median of {samples} interleaved samples per timing"
     return text + "."
@@ -172,8 +179,36 @@ def suite_markdown(suite: str, result: dict, level: int = 1, compact: bool = Fal
     parts = [f"{'#' * level} {title} (`{suite}`)", "", describe(result)]
     if compact and suite in README_COLUMNS:
         parts[-1] += f" Selected columns; every column in [`results/{suite}.md`](results/{suite}.md)."
-    parts += ["", table(suite, result.get("rows", []), compact)]
+    rows = result_rows(result)
+    parts += ["", table(suite, rows, compact) if rows else scalar_table(result)]
     return "\n".join(parts) + "\n"
+
+
+def result_rows(result: dict) -> list[dict]:
+    """The suite's table rows: ``rows``, else ``methods``, else the first top-level list of objects."""
+    for key in ("rows", "methods"):
+        if isinstance(result.get(key), list) and result[key]:
+            return result[key]
+    for v in result.values():
+        if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+            return v
+    return []
+
+
+def scalar_table(result: dict) -> str:
+    """A suite without row lists: its numbers as a two-column table (one level of nesting as ``a.b``)."""
+    skip = {"device", "jax_version", "date", "mode", "quick", "command"}
+    lines = ["| quantity | value |", "|---|---:|"]
+    for k, v in result.items():
+        if k in skip:
+            continue
+        items = v.items() if isinstance(v, dict) else [(None, v)]
+        for sub, val in items:
+            if isinstance(val, bool) or isinstance(val, (int, float, str)):
+                name = k if sub is None else f"{k}.{sub}"
+                cell = _cell({"v": val}, "v", "s")
+                lines.append(f"| {name} | {cell} |")
+    return "\n".join(lines) if len(lines) > 2 else "(no scalar results)"
 
 
 def load(results: Path) -> dict[str, dict]:
