@@ -60,7 +60,7 @@ reproduce-pvrnn: $(STAMP)
 	$(PY) -m pplvi.models.pvrnn reproduce
 
 # NIW meta-learning: linear-regression exactness, Omniglot 5-way 1/5-shot vs ProtoNet and MAML; writes
-# benchmarks/results/niw_meta.json. The 5-shot part exceeds a 15-minute CPU budget (see docs/models/niw_meta.md).
+# benchmarks/results/niw_meta.json (17-28 minutes on 2 shared CPU cores).
 .PHONY: reproduce-niw-meta
 reproduce-niw-meta: $(STAMP)
 	$(PY) -m pplvi.models.niw_meta reproduce

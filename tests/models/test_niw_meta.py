@@ -3,16 +3,23 @@
 * Hierarchical linear regression: the one-time local iterate equals the exact Gaussian posterior (the quadratic
   approximation is exact), whatever the inner steps; a few steps of ELBO training raise the objective.
 * NIW closed forms (E log|Sigma|, expected Gaussian KL, NIW-NIW KL) against Monte Carlo, full and diagonal.
+* The cheap curvatures: the vmap-per-example empirical Fisher equals the Jacobian-based one; ProtoNet's per-image
+  Fisher is the sum of squares of per-image gradient contributions that add up to the full gradient.
 * ECE on known inputs; errors for bad input and missing data. (Omniglot at full size: ``make reproduce-niw-meta``.)
+* The committed ``benchmarks/results/niw_meta.json``: contract keys for 1-shot and 5-shot, and the claims it makes.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import pplvi
 from pplvi.models import niw_meta as N
@@ -156,6 +163,49 @@ def test_fewshot_niw_objective_and_predictive_on_a_tiny_net():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the cheap curvatures
+# ---------------------------------------------------------------------------------------------------------------
+def test_vmapped_empirical_fisher_equals_the_jacobian_one():
+    x, y, _ = N.sample_linreg_episodes(3, 1, 7, np.zeros(3), np.eye(3), 0.3)
+    ll = N.linreg_log_likelihood(0.3)
+    with jax.enable_x64(True):
+        data, theta = (jnp.asarray(x[0]), jnp.asarray(y[0])), jnp.array([0.3, -0.2, 0.5])
+        by_jacobian = jnp.sum(jax.jacrev(lambda th: ll(th, data))(theta) ** 2, axis=0)
+        np.testing.assert_allclose(N.empirical_fisher_diagonal(ll, theta, data), by_jacobian, rtol=1e-12)
+        # and local_posterior uses it: V_i = 1 / (A_i + P) with A_i this diagonal
+        q = N.NIW.create(jnp.zeros(3), 1.0, jnp.ones(3), 4.0)
+        _, v = N.local_posterior(q, ll, data, curvature="fisher")
+        np.testing.assert_allclose(v, 1.0 / (N.empirical_fisher_diagonal(ll, q.mean, data) + q.mean_precision()),
+                                   rtol=1e-12)
+
+
+def test_protonet_fisher_squares_per_image_contributions_that_sum_to_the_gradient():
+    rng = np.random.default_rng(4)
+    way, shot = 3, 2
+    with jax.enable_x64(True):
+        # near-identical images: ProtoNet's softmax is not saturated, so the gradients are far from zero
+        sx = jnp.asarray(rng.random((1, 28, 28)) + 0.02 * rng.normal(size=(way * shot, 28, 28)))
+        sy = jnp.repeat(jnp.arange(way), shot)
+        flat, unravel = ravel_pytree(N.init_convnet(jax.random.key(3), way=None, channels=2, blocks=1))
+        ll = N.protonet_log_likelihood(unravel, way)
+
+        def total_with_one_image_live(theta, m):  # only image m's embedding depends on theta
+            feats = jax.lax.stop_gradient(N.convnet_features(unravel(flat), sx))
+            live = N.convnet_features(unravel(theta), jax.lax.dynamic_index_in_dim(sx, m, keepdims=True))[0]
+            feats = feats.at[m].set(live)
+            onehot = jax.nn.one_hot(sy, way)
+            protos = onehot.T @ feats / onehot.sum(0)[:, None]
+            return jnp.sum(jax.nn.log_softmax(-jnp.sum((feats[:, None] - protos[None]) ** 2, -1)) * onehot)
+
+        per_image = jax.jit(jax.vmap(jax.grad(total_with_one_image_live), (None, 0)))(flat, jnp.arange(way * shot))
+        full = jax.jit(jax.grad(lambda th: jnp.sum(ll(th, (sx, sy, sx, sy)))))(flat)
+        np.testing.assert_allclose(per_image.sum(0), full, rtol=1e-9, atol=1e-12)
+        fisher = jax.jit(N.protonet_fisher(unravel, way))(flat, (sx, sy, sx, sy))
+        np.testing.assert_allclose(fisher, jnp.sum(per_image**2, 0), rtol=1e-9, atol=1e-15)
+        assert float(fisher.min()) >= 0 and float(fisher.max()) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # calibration, errors, data
 # ---------------------------------------------------------------------------------------------------------------
 def test_expected_calibration_error_on_known_inputs():
@@ -184,6 +234,13 @@ def test_bad_input_raises_a_pplvi_error_naming_it():
                       head="softmax")
     with pytest.raises(pplvi.PPLVIError, match="EpisodeSampler"):
         N.EpisodeSampler(np.zeros((4, 28, 28)), np.arange(4), way=5)
+    with pytest.raises(pplvi.PPLVIError, match="curvature callable must return"):
+        N.local_posterior(diag_niw(), N.linreg_log_likelihood(1.0), (jnp.ones((2, 4)), jnp.ones(2)),
+                          curvature=lambda theta, data: jnp.ones(3))
+    with pytest.raises(pplvi.PPLVIError, match="samples"):
+        q, _, unravel = N.init_niw(jax.random.key(0), way=3, channels=2, blocks=1)
+        N.niw_predict(jax.random.key(0), q, unravel, jnp.zeros((3, 28, 28)), jnp.arange(3), jnp.zeros((3, 28, 28)),
+                      samples=0)
 
 
 def test_missing_data_raises_data_error_naming_the_path(tmp_path, monkeypatch):
@@ -193,3 +250,44 @@ def test_missing_data_raises_data_error_naming_the_path(tmp_path, monkeypatch):
     with pytest.raises(pplvi.DataError, match="omniglot/omniglot_background_small1.npz") as e:
         omniglot_splits()
     assert str(tmp_path) in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the committed results
+# ---------------------------------------------------------------------------------------------------------------
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "niw_meta.json"
+CONTRACT = ("niw_acc", "niw_ece", "protonet_acc", "protonet_ece", "maml_acc", "maml_ece")
+
+
+def test_committed_results_hold_the_contract_keys_and_their_claims():
+    res = json.loads(RESULTS.read_text())
+    assert res["linreg_max_abs_err"] < 1e-10  # the local iterate is the exact posterior (float64)
+    for setting in ("omniglot_5w1s", "omniglot_5w5s"):
+        r = res[setting]
+        for k in CONTRACT:
+            assert isinstance(r[k], float) and 0.0 <= r[k] <= 1.0, (setting, k, r[k])
+            assert r[k + "_se"] > 0, (setting, k)
+        # better than chance (0.2) for the two metric learners, by many standard errors
+        for m in ("niw", "protonet"):
+            assert r[f"{m}_acc"] - 0.2 > 5 * r[f"{m}_acc_se"], (setting, m)
+        # the reported paired differences are the differences of the reported values
+        assert r["niw_minus_protonet_ece"] == pytest.approx(r["niw_ece"] - r["protonet_ece"], abs=1e-12)
+        assert r["niw_minus_protonet_acc"] == pytest.approx(r["niw_acc"] - r["protonet_acc"], abs=1e-9)
+
+
+def test_committed_results_state_what_docs_claim_about_niw_versus_protonet():
+    """The findings of docs/models/niw_meta.md, from paired standard errors over the same test episodes."""
+    res = json.loads(RESULTS.read_text())
+    one, five = res["omniglot_5w1s"], res["omniglot_5w5s"]
+    z = lambda r, metric: r[f"niw_minus_protonet_{metric}"] / r[f"niw_minus_protonet_{metric}_se"]
+    # 1-shot: NIW more accurate and a better (lower) NLL, significantly; its ECE differs by less than 2 SE
+    assert z(one, "acc") > 2 and z(one, "nll") < -2 and abs(z(one, "ece")) < 2
+    # 5-shot: accuracy within 2 paired SE of ProtoNet (not worse at 5%), but ECE and NLL significantly worse
+    assert z(five, "acc") > -2 and z(five, "ece") > 3 and z(five, "nll") > 2
+    # the 5-shot ECE gap is NIW's underconfidence: mean top-class probability well below its accuracy
+    assert five["niw_acc"] - five["niw_mean_confidence"] > 0.05
+    # MAML (same budget) is the least accurate in both settings
+    for r in (one, five):
+        assert r["maml_acc"] + 5 * r["maml_acc_se"] < min(r["niw_acc"], r["protonet_acc"])
+    # the Monte Carlo error of the predictive's top-class probability is small next to the ECE differences reported
+    assert five["niw_predictive_mc_se_top_prob"] < 0.5 * abs(five["niw_minus_protonet_ece"])

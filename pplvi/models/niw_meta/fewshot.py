@@ -5,7 +5,8 @@ r"""Few-shot classification: the NIW meta-learner on a small conv net, and the P
   features (ProtoNet). The NIW model's :math:`\theta` is the flat vector of all its weights (``jax.flatten_util``).
 * NIW (:func:`niw_fewshot_elbo` with the linear head, :func:`niw_protonet_elbo` with ProtoNet's likelihood,
   :func:`niw_predict`): the ELBO of :mod:`~pplvi.models.niw_meta.objective` with a
-  diagonal NIW, the categorical log-likelihood, a few inner steps and the diagonal empirical-Fisher curvature;
+  diagonal NIW, a few inner steps and a diagonal empirical-Fisher curvature (per example for the linear head's
+  categorical likelihood, per image for ProtoNet's, :func:`protonet_fisher`);
   prediction by the posterior predictive :math:`\frac1S\sum_s \mathrm{softmax}\,f(x; \theta_s)`,
   :math:`\theta_s \sim q_i` fitted to the support set.
 * ProtoNet (Snell et al. 2017, :func:`protonet_objective`, :func:`protonet_predict`): logits are minus squared
@@ -114,8 +115,11 @@ def niw_predict(key, q: NIW, unravel, sx, sy, qx, *, samples: int = 10, steps: i
     elif head == "protonet":
         ll, data = protonet_log_likelihood(unravel, way), (sx, sy, sx, sy)
         predict = lambda params: jax.nn.softmax(protonet_logits(params, sx, sy, qx, way))
+        curvature = protonet_fisher(unravel, way) if curvature == "fisher" else curvature
     else:
         raise pplvi.PPLVIError(f'head must be "linear" or "protonet", got {head!r}')
+    if not isinstance(samples, int) or samples < 1:
+        raise pplvi.PPLVIError(f"samples must be a positive integer, got {samples!r}")
     m, v = local_posterior(q, ll, data, steps=steps, lr=lr, curvature=curvature)
     eps = jax.random.normal(key, (samples,) + m.shape)
     thetas = m + jnp.sqrt(v) * eps
@@ -133,13 +137,50 @@ def protonet_log_likelihood(unravel, way: int):
     return log_likelihood
 
 
+def protonet_fisher(unravel, way: int):
+    r"""A diagonal curvature for ProtoNet's likelihood with the support set as its own query set (a callable for
+    :func:`~pplvi.models.niw_meta.local_posterior`'s ``curvature``).
+
+    :math:`L(\theta) = \sum_n \log p(y_n \mid x_n, S, \theta)` does not factorize over examples: every term
+    depends on all support embeddings through the prototypes. It does factorize over *images* through the
+    embeddings :math:`f_m = f(x_m; \theta)`: with :math:`G = \partial L / \partial F` (cheap: :math:`F` is small),
+    :math:`\nabla_\theta L = \sum_m g_m`, :math:`g_m = J_m^\top G_m`, :math:`J_m = \partial f_m/\partial\theta`.
+    The curvature is the empirical Fisher of these per-image contributions, :math:`A_i = \mathrm{diag}\sum_m
+    g_m^2`: all :math:`g_m` come from one ``jax.vmap`` of single-image vector-Jacobian products, the cost of one
+    batched backward pass through the support set (a Jacobian of the :math:`n` per-example log-likelihoods would
+    cost :math:`n` backward passes through the whole support set). ``data`` is ``(sx, sy, ...)``; only the support
+    is used."""
+    def curvature(theta, data):
+        sx, sy = data[0], data[1]
+        params = unravel(theta)
+        onehot = jax.nn.one_hot(sy, way)
+
+        def total(feats):
+            protos = onehot.T @ feats / jnp.sum(onehot, axis=0)[:, None]
+            logp = jax.nn.log_softmax(-jnp.sum((feats[:, None, :] - protos[None]) ** 2, axis=-1))
+            return jnp.sum(logp * onehot)
+
+        cot = jax.grad(total)(convnet_features(params, sx))  # (n, F)
+
+        def one(x, c):
+            _, vjp = jax.vjp(lambda th: convnet_features(unravel(th), x[None])[0], theta)
+            return vjp(c)[0]
+
+        return jnp.sum(jax.vmap(one)(sx, cot) ** 2, axis=0)
+
+    return curvature
+
+
 def niw_protonet_elbo(unravel, prior: NIW, num_episodes: int, *, way: int = 5, steps: int = 1, lr: float = 0.4,
                       curvature="fisher") -> pplvi.Objective:
-    r"""The NIW ELBO with ProtoNet's likelihood: :math:`	heta_i` are the embedding weights of episode :math:`i`,
-    :math:`p(D_i \mid 	heta_i) = \prod_{	ext{query}} p(y \mid x, S_i, 	heta_i)` (prototypes from the support
+    r"""The NIW ELBO with ProtoNet's likelihood: :math:`\theta_i` are the embedding weights of episode :math:`i`,
+    :math:`p(D_i \mid \theta_i) = \prod_{\text{query}} p(y \mid x, S_i, \theta_i)` (prototypes from the support
     :math:`S_i`). :math:`q_i` comes from the one-time local iterate on the support set used as its own query set;
-    the rest is :func:`~pplvi.models.niw_meta.niw_elbo`'s ELBO (same closed forms, ``"theta"`` reparameterized)."""
+    the rest is :func:`~pplvi.models.niw_meta.niw_elbo`'s ELBO (same closed forms, ``"theta"`` reparameterized).
+    ``curvature="fisher"`` means the per-image empirical Fisher of :func:`protonet_fisher` (this likelihood does
+    not factorize over examples)."""
     ll = protonet_log_likelihood(unravel, way)
+    curvature = protonet_fisher(unravel, way) if curvature == "fisher" else curvature
 
     @pplvi.objective
     def niw_protonet(q, sx, sy, qx, qy):

@@ -19,9 +19,17 @@ parameters through :math:`P` and :math:`m` in this formula only, never through t
 backpropagation through the inner loop, unlike MAML). When :math:`l_i` is quadratic (linear-Gaussian regression)
 the approximation is exact and :math:`q_i` is the exact conditional posterior, whatever :math:`\bar\theta_i` is.
 
-``curvature``: ``"hessian"`` (exact :math:`A_i`, full covariances, small :math:`d`), ``"fisher"`` (diagonal
-empirical Fisher :math:`\sum_n (\nabla l_{in})^2`, from per-example gradients; for networks), or a number
-:math:`a` (:math:`A_i = a I`, diagonal).
+``curvature`` (the paper leaves :math:`A_i` to the implementation; for deep networks only a diagonal is
+affordable):
+
+* ``"hessian"``: the exact :math:`A_i = \nabla^2 l_i(\bar\theta_i)` (full covariances, small :math:`d`);
+* ``"fisher"``: the diagonal empirical Fisher :math:`A_i = \mathrm{diag}\sum_n (\nabla l_{in})^2` of the
+  per-example negative log-likelihoods :math:`l_{in}` (for networks). It needs a likelihood that factorizes over
+  the rows of ``data`` (:math:`l_{in}` depends on row :math:`n` only) and computes all :math:`n` per-example
+  gradients in one ``jax.vmap(jax.grad)`` pass: the cost of one batched backward pass, not :math:`n` of them;
+* a callable ``curvature(theta_bar, data) -> (d,)``: a diagonal :math:`A_i \ge 0` of the caller's choosing, for
+  likelihoods that do not factorize (ProtoNet's, :func:`~pplvi.models.niw_meta.fewshot.protonet_fisher`);
+* a number :math:`a` (:math:`A_i = a I`, diagonal).
 """
 
 from __future__ import annotations
@@ -46,8 +54,8 @@ def local_posterior(q: NIW, log_likelihood, data, *, steps: int = 0, lr: float =
     if curvature == "hessian" and q.diagonal:
         raise pplvi.PPLVIError('curvature="hessian" needs a full-covariance NIW; use "fisher" or a number for a '
                                "diagonal one")
-    if curvature not in ("hessian", "fisher") and not isinstance(curvature, (int, float)):
-        raise pplvi.PPLVIError(f'curvature must be "hessian", "fisher" or a number, got {curvature!r}')
+    if not (curvature in ("hessian", "fisher") or callable(curvature) or isinstance(curvature, (int, float))):
+        raise pplvi.PPLVIError(f'curvature must be "hessian", "fisher", a callable or a number, got {curvature!r}')
     if not isinstance(steps, (int, np.integer)) or steps < 0:
         raise pplvi.PPLVIError(f"steps must be a non-negative integer, got {steps!r}")
     m = q.mean
@@ -69,9 +77,13 @@ def local_posterior(q: NIW, log_likelihood, data, *, steps: int = 0, lr: float =
         v = jnp.linalg.inv(a + p)
         v = 0.5 * (v + v.T)
         return v @ (a @ theta_bar - g + p @ m), v
-    if curvature == "fisher":
-        per = jax.jacrev(lambda th: log_likelihood(th, data))(theta_bar)  # (n, d)
-        a = stop_gradient(jnp.sum(per**2, axis=0))
+    if callable(curvature):
+        a = stop_gradient(curvature(theta_bar, data))
+        if a.shape != m.shape:
+            raise pplvi.PPLVIError(f"a curvature callable must return the diagonal of A_i, shape {m.shape}, got "
+                                   f"{a.shape}")
+    elif curvature == "fisher":
+        a = stop_gradient(empirical_fisher_diagonal(log_likelihood, theta_bar, data))
     else:
         a = jnp.full_like(m, float(curvature))
     if not q.diagonal:
@@ -80,6 +92,17 @@ def local_posterior(q: NIW, log_likelihood, data, *, steps: int = 0, lr: float =
         return v @ (a @ theta_bar - g + p @ m), v
     v = 1.0 / (a + p)
     return v * (a * theta_bar - g + p * m), v
+
+
+def empirical_fisher_diagonal(log_likelihood, theta, data):
+    r""":math:`\sum_n (\nabla_\theta \log p(x_n \mid \theta))^2` (elementwise), the diagonal empirical Fisher of a
+    likelihood that factorizes over the rows of ``data``: each row goes through ``log_likelihood`` as a batch of
+    one, and ``jax.vmap`` over rows gives all per-example gradients in one batched backward pass."""
+    def one(row):
+        batch = jax.tree_util.tree_map(lambda leaf: leaf[None], row)
+        return jax.grad(lambda th: log_likelihood(th, batch)[0])(theta)
+
+    return jnp.sum(jax.vmap(one)(data) ** 2, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

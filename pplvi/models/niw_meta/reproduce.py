@@ -7,10 +7,16 @@
    :math:`\\Sigma` against the truth.
 2. Omniglot 5-way 1-shot and 5-shot: meta-training on ``background_small1`` (136 characters x 4 rotations),
    testing on the held-out alphabets of ``background_small2`` (Japanese katakana, Sanskrit, Tagalog: 106 characters
-   never seen in training). NIW (``niw``: ProtoNet likelihood, theta = embedding weights; ``niw_linear``: linear
-   head, theta = all weights), ProtoNet and second-order MAML share the conv net (``blocks`` x ``channels``), the
-   number of steps, the episodes per step, the optimizer (Adam) and the training episodes. Accuracy and ECE (15
-   bins) over ``test_episodes`` test episodes.
+   never seen in training). NIW (ProtoNet likelihood, theta = embedding weights, per-image empirical-Fisher
+   curvature), ProtoNet and second-order MAML share the conv net (``blocks`` x ``channels``), the number of steps,
+   the episodes per step, the optimizer (Adam) and the training episodes. On the same ``test_episodes`` test
+   episodes (``test_query`` queries per class): accuracy, ECE (15 bins) and query NLL, NIW by its posterior
+   predictive (``samples`` draws from :math:`q_i`). Standard errors: over test episodes (accuracy, NLL) and by a
+   bootstrap over test episodes (ECE); the NIW - ProtoNet differences are paired (same episodes, same resamples).
+
+The default budget (150 steps x 4 episodes, 4 x 16 conv) is sized for 2 shared CPU cores (17-28 minutes there, by load);
+``--steps``, ``--episodes-per-step``, ``--channels``, ``--test-episodes`` scale it up on an accelerator.
+``--quick`` is a smoke run that writes nothing unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -82,12 +88,37 @@ def omniglot_splits(size: int = 28):
     return (x1, y1), (x2[keep], y2[keep])
 
 
+def episode_bootstrap(probs, labels, episodes: int, *, draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """ECE of ``draws`` bootstrap resamples of whole test episodes (the predictions of one episode share its
+    support set, so episodes, not predictions, are the independent units). ``probs`` (episodes * n, C)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    n = probs.shape[0] // episodes
+    conf = probs.max(1).reshape(episodes, n)
+    correct = (probs.argmax(1) == labels).astype(np.float64).reshape(episodes, n)
+    which = np.minimum((conf * 15).astype(int), 14)
+    # per-episode sums per bin: count, confidence, correct -> an ECE of any multiset of episodes by adding rows
+    counts = np.stack([np.bincount(w, minlength=15) for w in which])
+    confs = np.stack([np.bincount(w, weights=c, minlength=15) for w, c in zip(which, conf)])
+    hits = np.stack([np.bincount(w, weights=c, minlength=15) for w, c in zip(which, correct)])
+    rng = np.random.default_rng(seed)
+    out = np.empty(draws)
+    for b in range(draws):
+        pick = np.bincount(rng.integers(0, episodes, episodes), minlength=episodes).astype(np.float64)
+        cnt, cf, ht = pick @ counts, pick @ confs, pick @ hits
+        out[b] = np.sum(np.abs(ht - cf)) / np.sum(cnt)
+    return out
+
+
 def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episodes: int, channels: int, blocks: int,
-                   query: int = 3, lr: float = 3e-3, inner_steps: int = 1, inner_lr: float = 0.4, seed: int = 0,
-                   say=print) -> dict:
+                   query: int = 3, test_query: int = 15, lr: float = 3e-3, inner_steps: int = 1,
+                   inner_lr: float = 0.4, samples: int = 32, seed: int = 0, say=print) -> dict:
+    """Trains NIW (ProtoNet likelihood), ProtoNet and MAML with the same budget and evaluates them on the same
+    ``test_episodes`` held-out episodes (``test_query`` queries per class). Per method: accuracy, ECE (15 bins),
+    mean query NLL, with standard errors over episodes (ECE: bootstrap over episodes) and the paired differences
+    NIW - ProtoNet (same episodes, same bootstrap resamples)."""
     (xtr, ytr), (xte, yte) = omniglot_splits()
     train = F.EpisodeSampler(xtr, ytr, way=5, shot=shot, query=query, rotations=True)
-    test = F.EpisodeSampler(xte, yte, way=5, shot=shot, query=query)
+    test = F.EpisodeSampler(xte, yte, way=5, shot=shot, query=test_query)
     rng = np.random.default_rng(seed)
     batches = [train.sample(rng, episodes_per_step) for _ in range(steps)]
     tests = test.sample(np.random.default_rng(seed + 1), test_episodes)
@@ -99,56 +130,93 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
         t = time.perf_counter()
         r = pplvi.fit(objective, params, data=batches, optimizer=optax.adam(lr), steps=steps, key=seed + 7,
                       progress=False)
+        jax.block_until_ready(r.params)
         timing[name] = time.perf_counter() - t
         return r.params
 
     population = steps * episodes_per_step
     q, prior, unravel = F.init_niw(key, way=None, **net)
     q = fit("niw", F.niw_protonet_elbo(unravel, prior, population, steps=inner_steps, lr=inner_lr), q)
-    ql, prior_l, unravel_l = F.init_niw(key, **net)
-    ql = fit("niw_linear", F.niw_fewshot_elbo(unravel_l, prior_l, population, steps=inner_steps, lr=inner_lr), ql)
     proto = fit("protonet", F.protonet_objective(5), F.init_convnet(key, way=None, **net))
     maml = fit("maml", F.maml_objective(inner_steps, inner_lr), F.init_convnet(key, **net))
 
+    half = max(samples // 2, 1)  # two independent halves: their difference estimates the Monte Carlo error
+    niw_half = jax.jit(lambda k, a, b, c: F.niw_predict(k, q, unravel, a, b, c, samples=half, steps=inner_steps,
+                                                        lr=inner_lr, head="protonet"))
+    mc_err = []
+
+    def niw(k, a, b, c):
+        k1, k2 = jax.random.split(k)
+        p1, p2 = np.asarray(niw_half(k1, a, b, c)), np.asarray(niw_half(k2, a, b, c))
+        p = 0.5 * (p1 + p2)
+        top = p.argmax(1)
+        mc_err.append(0.5 * np.abs(p1 - p2)[np.arange(len(top)), top])
+        return p
+
     predictors = {
-        "niw": jax.jit(lambda k, a, b, c: F.niw_predict(k, q, unravel, a, b, c, steps=inner_steps, lr=inner_lr,
-                                                        head="protonet")),
-        "niw_linear": jax.jit(lambda k, a, b, c: F.niw_predict(k, ql, unravel_l, a, b, c, steps=inner_steps,
-                                                               lr=inner_lr)),
+        "niw": niw,
         "protonet": jax.jit(lambda k, a, b, c: F.protonet_predict(proto, a, b, c, 5)),
         "maml": jax.jit(lambda k, a, b, c: F.maml_predict(maml, a, b, c, steps=inner_steps, lr=inner_lr)),
     }
     sx, sy, qx, qy = tests
+    labels = qy.reshape(-1)
+    per_ep, boot = {}, {}
     for name, predict in predictors.items():
-        probs = np.concatenate([np.asarray(predict(jax.random.key(i), sx[i], sy[i], qx[i]))
+        t = time.perf_counter()
+        probs = np.concatenate([np.asarray(predict(jax.random.key(i), sx[i], sy[i], qx[i]), np.float64)
                                 for i in range(test_episodes)])
-        labels = qy.reshape(-1)
-        acc = float((probs.argmax(1) == labels).mean())
-        per_ep = (probs.argmax(1) == labels).reshape(test_episodes, -1).mean(1)
-        out[f"{name}_acc"] = acc
-        out[f"{name}_acc_ci95"] = float(1.96 * per_ep.std(ddof=1) / np.sqrt(test_episodes))
+        probs = probs / probs.sum(1, keepdims=True)
+        hit = (probs.argmax(1) == labels).reshape(test_episodes, -1).mean(1)
+        nll = -np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).reshape(test_episodes, -1).mean(1)
+        per_ep[name] = {"acc": hit, "nll": nll}
+        boot[name] = episode_bootstrap(probs, labels, test_episodes, seed=seed)
+        se = lambda v: float(v.std(ddof=1) / np.sqrt(test_episodes))
+        out[f"{name}_acc"] = float(hit.mean())
+        out[f"{name}_acc_se"] = se(hit)
         out[f"{name}_ece"] = F.expected_calibration_error(probs, labels)
+        out[f"{name}_ece_se"] = float(boot[name].std(ddof=1))
+        out[f"{name}_nll"] = float(nll.mean())
+        out[f"{name}_nll_se"] = se(nll)
+        out[f"{name}_mean_confidence"] = float(probs.max(1).mean())  # > acc: overconfident on average
         out[f"{name}_train_seconds"] = timing[name]
-        say(f"  {name:10s} acc {acc:.3f} +- {out[f'{name}_acc_ci95']:.3f}  ECE {out[f'{name}_ece']:.3f}  "
-            f"(trained in {timing[name]:.0f} s)")
+        out[f"{name}_test_seconds"] = time.perf_counter() - t
+        say(f"  {name:8s} acc {out[f'{name}_acc']:.3f} +- {out[f'{name}_acc_se']:.3f}  ECE {out[f'{name}_ece']:.3f} "
+            f"+- {out[f'{name}_ece_se']:.3f}  NLL {out[f'{name}_nll']:.3f} +- {out[f'{name}_nll_se']:.3f}  (trained "
+            f"in {timing[name]:.0f} s)")
+    for metric in ("acc", "nll"):
+        d = per_ep["niw"][metric] - per_ep["protonet"][metric]
+        out[f"niw_minus_protonet_{metric}"] = float(d.mean())
+        out[f"niw_minus_protonet_{metric}_se"] = float(d.std(ddof=1) / np.sqrt(test_episodes))
+    out["niw_minus_protonet_ece"] = out["niw_ece"] - out["protonet_ece"]
+    out["niw_minus_protonet_ece_se"] = float((boot["niw"] - boot["protonet"]).std(ddof=1))
+    out["niw_predictive_samples"] = 2 * half
+    out["niw_predictive_mc_se_top_prob"] = float(np.concatenate(mc_err).mean())
+    for metric in ("acc", "ece", "nll"):
+        say(f"  NIW - ProtoNet {metric}: {out[f'niw_minus_protonet_{metric}']:+.4f} +- "
+            f"{out[f'niw_minus_protonet_{metric}_se']:.4f}")
     return out
 
 
-def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 100, channels: int = 16,
-        blocks: int = 4, linreg_steps: int = 3000, seed: int = 0, out: Path | None = RESULTS, command=None,
-        say=print) -> dict:
+def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 200, test_query: int = 15,
+        samples: int = 32, channels: int = 16, blocks: int = 4, linreg_steps: int = 3000, seed: int = 0,
+        out: Path | None = RESULTS, command=None, say=print) -> dict:
     t0 = time.perf_counter()
     say("1. hierarchical linear regression (quadratic approximation exact)")
     res = linreg_check(steps=linreg_steps, seed=seed, say=say)
     budget = {"steps": steps, "episodes_per_step": episodes_per_step, "test_episodes": test_episodes,
-              "channels": channels, "blocks": blocks, "query_per_class": 3, "inner_steps": 1, "optimizer": "adam 3e-3",
-              "train": "omniglot background_small1 + rotations", "test": "background_small2 " + ", ".join(HELD_OUT)}
+              "test_query_per_class": test_query, "niw_predictive_samples": samples, "channels": channels,
+              "blocks": blocks, "query_per_class": 3, "inner_steps": 1, "inner_lr": 0.4, "optimizer": "adam 3e-3",
+              "niw_curvature": "per-image empirical Fisher (protonet_fisher)",
+              "train": "omniglot background_small1 + rotations", "test": "background_small2 " + ", ".join(HELD_OUT),
+              "standard_errors": "acc, nll: over test episodes; ece: bootstrap over test episodes (1000 draws); "
+                                 "niw_minus_protonet_*: paired (same episodes / same resamples)"}
     for shot in (1, 5):
         say(f"2. Omniglot 5-way {shot}-shot: {steps} steps x {episodes_per_step} episodes, conv {blocks}x{channels}")
         res[f"omniglot_5w{shot}s"] = omniglot_check(shot, steps=steps, episodes_per_step=episodes_per_step,
-                                                    test_episodes=test_episodes, channels=channels, blocks=blocks,
-                                                    seed=seed, say=say)
-    res.update({"omniglot_budget": budget, "jax": jax.__version__, "cpu": device_name(),
+                                                    test_episodes=test_episodes, test_query=test_query,
+                                                    samples=samples, channels=channels, blocks=blocks, seed=seed,
+                                                    say=say)
+    res.update({"omniglot_budget": budget, "jax": jax.__version__, "device": device_name(),
                 "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
                 "command": command or "python -m pplvi.models.niw_meta reproduce"})
     if out is not None:
@@ -159,15 +227,23 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 10
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pplvi.models.niw_meta")
     p.add_argument("command", choices=["reproduce"])
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run (20 steps, 10 test episodes, 200 regression steps); writes only with --out")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--episodes-per-step", type=int, default=4)
-    p.add_argument("--test-episodes", type=int, default=100)
+    p.add_argument("--test-episodes", type=int, default=200)
+    p.add_argument("--test-query", type=int, default=15)
+    p.add_argument("--samples", type=int, default=32, help="posterior-predictive samples of the NIW model")
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--linreg-steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
     a = p.parse_args(argv)
-    run(steps=a.steps, episodes_per_step=a.episodes_per_step, test_episodes=a.test_episodes, channels=a.channels,
-        blocks=a.blocks, linreg_steps=a.linreg_steps, seed=a.seed, out=a.out, command=" ".join(sys.argv))
+    out = a.out if a.out is not None or a.quick else RESULTS
+    if a.quick:
+        a.steps, a.test_episodes, a.linreg_steps = min(a.steps, 20), min(a.test_episodes, 10), min(a.linreg_steps, 200)
+    run(steps=a.steps, episodes_per_step=a.episodes_per_step, test_episodes=a.test_episodes, test_query=a.test_query,
+        samples=a.samples, channels=a.channels, blocks=a.blocks, linreg_steps=a.linreg_steps, seed=a.seed, out=out,
+        command="python -m pplvi.models.niw_meta " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
