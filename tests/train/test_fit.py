@@ -416,6 +416,9 @@ SIGINT_OPT = optax.adam(optax.exponential_decay(0.05, 3000, 0.1))
 
 
 def _sigint_child(path):  # runs in a child process (see the test below)
+    # a process started in the background inherits SIGINT as ignored, and Python then keeps it ignored: install
+    # Python's Ctrl-C handler so the child sees the interrupt however the test run was launched
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     fit(ELBO, INIT, evaluate={"elbo": _slow_evaluation}, **_sigint_run_kwargs(path))
 
 
