@@ -139,6 +139,19 @@ def test_bad_input_raises_a_pplvi_error_naming_the_problem(data):
 
 # --- Monte Carlo error of the branching frequency, Omniglot stroke preprocessing ------------------------------------
 
+def test_noise_ratio_measures_the_noise_given_the_path():
+    fsm = P.branching_fsm(p=0.3)
+    clean, _ = P.fsm_sequences(0, 300, 40, fsm, noise=0.0)
+    assert P.within_path_variance(clean, fsm) == 0.0  # deterministic given the path (branching factored out)
+    noisy, _ = P.fsm_sequences(1, 300, 40, fsm, noise=0.05)
+    # the pooled within-path variance is the noise variance: 0.05^2 within 5 se (chi-square, ~ 300 * 40 * 2 dof)
+    v = P.within_path_variance(noisy, fsm)
+    assert abs(v - 0.05**2) < 5 * 0.05**2 * np.sqrt(2 / (300 * 40 * 2))
+    louder, _ = P.fsm_sequences(2, 300, 40, fsm, noise=0.1)
+    assert P.noise_ratio(louder, noisy, fsm) == pytest.approx(4.0, rel=0.05)
+    assert np.isnan(P.within_path_variance(noisy[:1], fsm))
+
+
 def test_branching_standard_error_is_the_binomial_one_for_one_branch_per_sequence():
     fsm = P.branching_fsm()
     branch_a = np.random.default_rng(0).random(200) < 0.3
@@ -257,6 +270,17 @@ def test_committed_sweep_intermediate_meta_prior_reproduces_the_branching(commit
     # the high meta-prior generates (near) deterministically: one branch only, the most deterministic w
     assert by_w[1.0]["branching_error"] > 0.25
     assert by_w[1.0]["determinism"] == max(row["determinism"] for row in committed["sweep"])
+    assert max(r["noise_ratio"] for r in committed["sweep_runs"] if r["w"] == 1.0) < 0.3  # deterministic given the path
+
+
+def test_committed_sweep_low_meta_prior_generates_noise(committed):
+    # the noise ratio (within-path variance of the generations over the data's noise) falls with w: about twice the
+    # data's noise at low w on every seed (a random process), the data's own noise at w = 0.1, ~0 at w = 1
+    by_w = {row["w"]: row for row in committed["sweep"]}
+    ratios = [by_w[w]["noise_ratio"] for w in sorted(by_w)]
+    assert all(a > b for a, b in zip(ratios, ratios[1:]))
+    assert min(r["noise_ratio"] for r in committed["sweep_runs"] if r["w"] <= 1e-3) > 1.5
+    assert 0.8 < by_w[0.1]["noise_ratio"] < 1.3
 
 
 def test_committed_error_regression_claims(committed):

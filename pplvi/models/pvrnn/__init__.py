@@ -42,6 +42,8 @@ from pplvi.models.pvrnn.metrics import (
     branching_frequencies,
     branching_standard_error,
     determinism,
+    noise_ratio,
+    within_path_variance,
 )
 from pplvi.models.pvrnn.model import PVRNN, AdaptiveVectors, Encoder, Layer, generate, unroll
 from pplvi.models.pvrnn.objectives import (
@@ -58,7 +60,8 @@ from pplvi.models.pvrnn.objectives import (
 
 __all__ = [
     "AdaptiveVectors", "Encoder", "FSM", "Layer", "PVRNN", "branching_error", "branching_frequencies",
-    "branching_fsm", "branching_standard_error", "character_split", "check_fsm", "check_sequences",
+    "branching_fsm", "branching_standard_error", "noise_ratio", "within_path_variance", "character_split", "check_fsm",
+    "check_sequences",
     "classify_segments", "determinism", "drawing_offsets", "error_regression", "filter_sequence",
     "free_energy_terms", "fsm_sequences", "gaussian_kl", "generate", "kalman_smoother", "linear_gaussian_sequences",
     "predict", "predict_from_prior", "pvrnn_objective", "reconstruct", "resample_stroke", "stroke_sequences",

@@ -53,7 +53,13 @@ from pplvi.models.pvrnn.data import (
     linear_gaussian_sequences,
     stroke_sequences,
 )
-from pplvi.models.pvrnn.metrics import branching_error, branching_frequencies, branching_standard_error, determinism
+from pplvi.models.pvrnn.metrics import (
+    branching_error,
+    branching_frequencies,
+    branching_standard_error,
+    determinism,
+    noise_ratio,
+)
 from pplvi.models.pvrnn.model import PVRNN, generate
 from pplvi.models.pvrnn.objectives import error_regression, predict, predict_from_prior, reconstruct, train
 from pplvi.models.results import cpu_name, device_name, write_json
@@ -93,6 +99,7 @@ def sweep_row(w: float, x, fsm, *, seed: int, steps: int, generations: int = GEN
     return {"w": w, "seed": seed, "branching_error": branching_error(gens, fsm),
             "monte_carlo_se": branching_standard_error(gens, fsm),
             "determinism": determinism(gens, float(x.var())),
+            "noise_ratio": noise_ratio(gens, x, fsm),
             "generated_branch_frequencies": [round(float(v), 4) for v in branching_frequencies(gens, fsm)[0]],
             "train_reconstruction_mse": float(((recon - x) ** 2).mean()),
             "objective_last_100": float(np.nanmean(result.history["objective"][-100:])),
@@ -108,7 +115,8 @@ def sweep_section(*, seeds: int, steps: int, say=print) -> dict:
         for seed in range(seeds):
             row = sweep_row(w, x, fsm, seed=seed, steps=steps)
             say(f"  w={w:g} seed {seed}: branching error {row['branching_error']:.3f} (MC se "
-                f"{row['monte_carlo_se']:.3f}), determinism {row['determinism']:.3f}, P(C->a, C->b) "
+                f"{row['monte_carlo_se']:.3f}), determinism {row['determinism']:.3f}, noise ratio "
+                f"{row['noise_ratio']:.2f}, P(C->a, C->b) "
                 f"{row['generated_branch_frequencies'][1:]}")
             runs.append(row)
     sweep = []
@@ -120,6 +128,7 @@ def sweep_section(*, seeds: int, steps: int, say=print) -> dict:
                       "within_tolerance_all_seeds": bool(errors.max() <= TOLERANCE),
                       "monte_carlo_se": float(np.mean([r["monte_carlo_se"] for r in runs if r["w"] == w])),
                       "determinism": float(np.mean([r["determinism"] for r in runs if r["w"] == w])),
+                      "noise_ratio": float(np.mean([r["noise_ratio"] for r in runs if r["w"] == w])),
                       "seeds": len(errors)})
     return {"sweep": sweep, "sweep_runs": runs, "sweep_tolerance": TOLERANCE,
             "training_branch_frequency": {"C->a": sample, "visits": visits,
@@ -332,7 +341,11 @@ def run(*, steps: int = 2000, er_steps: int = ER["steps"], seeds: int = 3, quick
         "monte_carlo_se": "cluster-robust standard error of the generated transition frequency (each generated "
                           "sequence one cluster); per run, averaged over seeds in the sweep table",
         "determinism": f"max(0, 1 - mean over steps and dims of the variance across {GENERATIONS} generations from "
-                       f"one initial state (h0 = 0, z1 = 0) / total variance of the training data)"}
+                       f"one initial state (h0 = 0, z1 = 0) / total variance of the training data)",
+        "noise_ratio": "variance across generated sequences that share the same path of nearest-prototype segments "
+                       "(pooled over paths, averaged over steps and dims) / the same for the training data (its "
+                       "observation noise): 0 deterministic given the path, 1 the data's noise, > 1 noisier than "
+                       "the data"}
     results.update({
         "model": MODEL, "data": DATA, "steps": steps, "error_regression_steps": er_steps, "seeds": seeds,
         "quick": quick, "optimizer": "adam 3e-3 (network) / 3e-2 (adaptive vectors), cosine decay",
