@@ -45,14 +45,6 @@ MNIST = dict(steps=1500, batch_size=32, lr=3e-4, fake_lr=1e-3, latent_dim=64, wi
              fake_depth=2, null_fraction=0.2, eval_samples=2000, nasa_scale=1.0, seed=0)
 
 
-def mixture():
-    ang = jnp.deg2rad(jnp.array([90.0, 210.0, 330.0]))
-    means = jnp.concatenate([2.0 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], 1), jnp.zeros((1, 2))])
-    covs = jnp.concatenate([jnp.tile(0.3**2 * jnp.eye(2), (3, 1, 1)), 2.0**2 * jnp.eye(2)[None]])
-    gmm = D.GaussianMixture(jnp.array([1 / 6, 1 / 6, 1 / 6, 0.5]), means, covs, labels=jnp.array([0, 0, 0, 1]))
-    return gmm, means[:3]
-
-
 def _optimizer(cfg, steps, joint):
     lr = optax.cosine_decay_schedule(cfg["lr"], steps, 0.05)
     if not joint:
@@ -72,7 +64,7 @@ def run_particles(objective, x0, labels, cfg, steps, seed, joint):
 
 
 def gmm_part(cfg):
-    gmm, modes = mixture()
+    gmm, modes = S.ring_mixture()
     teacher = S.as_teacher(gmm, D.CosineSchedule())
     n = cfg["particles"]
     labels = jnp.zeros((n,), jnp.int32)

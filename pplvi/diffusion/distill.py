@@ -102,6 +102,18 @@ class Teacher(eqx.Module):
         return jax.vmap(one)(x_t, t, labels)
 
 
+def ring_mixture():
+    r"""The 2-D check problem of the distillation benchmark and tests: class 0 is three narrow modes
+    (:math:`\sigma = 0.3`) on a circle of radius 2, class 1 a broad :math:`\mathcal N(0, 2^2 I)` background, weights
+    (1/6, 1/6, 1/6, 1/2). Mode-seeking objectives (SDS) collapse onto the class-0 modes, VSD keeps their spread.
+    Returns ``(mixture, class-0 means (3, 2))``."""
+    ang = jnp.deg2rad(jnp.array([90.0, 210.0, 330.0]))
+    means = jnp.concatenate([2.0 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], 1), jnp.zeros((1, 2))])
+    covs = jnp.concatenate([jnp.tile(0.3**2 * jnp.eye(2), (3, 1, 1)), 2.0**2 * jnp.eye(2)[None]])
+    gmm = GaussianMixture(jnp.array([1 / 6, 1 / 6, 1 / 6, 0.5]), means, covs, labels=jnp.array([0, 0, 0, 1]))
+    return gmm, means[:3]
+
+
 def _frozen(fn, *args):
     """``fn(*args)`` with a zero derivative, declared by a custom JVP rule: forward-mode differentiation (pplvi's
     estimators run in forward mode) never enters ``fn``, so neither its Jacobian nor its parameters' tangents are

@@ -20,14 +20,6 @@ from pplvi.diffusion import distill as S
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "distill.json"
 
 
-def mixture():
-    ang = jnp.deg2rad(jnp.array([90.0, 210.0, 330.0]))
-    means = jnp.concatenate([2.0 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], 1), jnp.zeros((1, 2))])
-    covs = jnp.concatenate([jnp.tile(0.3**2 * jnp.eye(2), (3, 1, 1)), 2.0**2 * jnp.eye(2)[None]])
-    gmm = D.GaussianMixture(jnp.array([1 / 6, 1 / 6, 1 / 6, 0.5]), means, covs, labels=jnp.array([0, 0, 0, 1]))
-    return gmm, means[:3]
-
-
 SCHED = D.CosineSchedule()
 
 
@@ -46,7 +38,7 @@ def drawn_t_and_eps(key, x, t_range=(0.02, 0.98)):
 
 
 def test_sds_gradient_is_weighted_residual_times_dx_dtheta():
-    gmm, _ = mixture()
+    gmm, _ = S.ring_mixture()
     teacher = S.as_teacher(gmm, SCHED)
     x = jax.random.normal(jax.random.key(0), (6, 2))
     labels = jnp.array([0, 0, 1, 1, 2, 0])  # 2 = the null token: unconditional rows
@@ -67,7 +59,7 @@ def test_sds_gradient_is_weighted_residual_times_dx_dtheta():
 
 
 def test_vsd_generator_gradient_is_teacher_minus_fake_and_fake_learns():
-    gmm, _ = mixture()
+    gmm, _ = S.ring_mixture()
     teacher = S.as_teacher(gmm, SCHED)
     x = jax.random.normal(jax.random.key(1), (5, 2))
     labels = jnp.zeros(5, jnp.int32)
@@ -115,7 +107,7 @@ def _fit(obj, params, labels, steps, lr=0.03, fake_lr=3e-3):
 def test_sds_collapses_the_target_while_vsd_keeps_its_variance():
     # both start from exact draws of the class-0 target (three tight modes): the target is a fixed point of VSD
     # (teacher and fake scores agree) but not of SDS, whose fixed points are the modes themselves
-    gmm, modes = mixture()
+    gmm, modes = S.ring_mixture()
     teacher = S.as_teacher(gmm, SCHED)
     n = 96
     labels = jnp.zeros(n, jnp.int32)
@@ -132,7 +124,7 @@ def test_sds_collapses_the_target_while_vsd_keeps_its_variance():
 
 
 def test_cluster_variance_ratio_is_one_on_the_target_and_zero_on_modes():
-    gmm, modes = mixture()
+    gmm, modes = S.ring_mixture()
     a, b = gmm.sample(jax.random.key(0), 4000, label=0), gmm.sample(jax.random.key(1), 4000, label=0)
     # standard error of a within-cluster variance estimate from 4000 2-D Gaussian points: about sqrt(2/4000)
     assert abs(S.cluster_variance_ratio(a, b, modes) - 1.0) < 6 * math.sqrt(2 * 2 / 4000)
@@ -140,7 +132,7 @@ def test_cluster_variance_ratio_is_one_on_the_target_and_zero_on_modes():
 
 
 def test_pgsb_draws_a_scale_and_guides_both_branches():
-    gmm, _ = mixture()
+    gmm, _ = S.ring_mixture()
     teacher = S.as_teacher(gmm, SCHED)
     x = jax.random.normal(jax.random.key(1), (4, 2))
     fake = S.ScoreAdapter((2,), 2, key=jax.random.key(2), width=16)
@@ -172,7 +164,7 @@ def eqx_tree_at_embeddings(gen, weights):
 
 
 def test_errors_say_what_is_wrong():
-    gmm, modes = mixture()
+    gmm, modes = S.ring_mixture()
     with pytest.raises(pplvi.PPLVIError, match="schedule"):
         S.as_teacher(gmm)
     with pytest.raises(pplvi.PPLVIError, match="labels"):

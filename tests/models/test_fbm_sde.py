@@ -231,11 +231,10 @@ def test_a_uniform_grid_bounds_the_posterior_std_at_the_observation_and_a_refine
     assert refined.steps < 1.5 * uniform.steps
 
 
-def test_kalman_likelihood_matches_the_dense_gaussian_and_fbm_likelihood_peaks_near_the_truth():
-    problem = F.HurstProblem(0.3, paths=3, observations=4, substeps=4, K=3, gamma_max=5.0, refine_ratio=None)
-    data = problem.data().astype(np.float64)
-    # dense: X at the observation steps is linear in (Y_0, dB) through the chain
-    matrices, column, P0 = F.linear.chain(problem.driver, 0.3, 1.2, 0.0, problem.dts)
+def _observation_map(problem, H, scale):
+    """Dense form of the Euler chain: the rows mapping (X_0, Y_0, dB_1..dB_n) to X at the observation steps, the
+    stationary initial covariance P0 and the augmented state size K + 1."""
+    matrices, column, P0 = F.linear.chain(problem.driver, H, scale, 0.0, problem.dts)
     n, K1 = problem.steps, len(column)
     lin = np.zeros((K1, K1 + n))
     lin[:, :K1] = np.eye(K1)
@@ -244,7 +243,15 @@ def test_kalman_likelihood_matches_the_dense_gaussian_and_fbm_likelihood_peaks_n
         lin = M @ lin
         lin[:, K1 + i] += column
         rows.append(lin[0].copy())
-    rows = np.array(rows)[problem.observation_steps - 1]
+    return np.array(rows)[problem.observation_steps - 1], P0, K1
+
+
+def test_kalman_likelihood_matches_the_dense_gaussian_and_fbm_likelihood_peaks_near_the_truth():
+    problem = F.HurstProblem(0.3, paths=3, observations=4, substeps=4, K=3, gamma_max=5.0, refine_ratio=None)
+    data = problem.data().astype(np.float64)
+    # dense: X at the observation steps is linear in (Y_0, dB) through the chain
+    rows, P0, K1 = _observation_map(problem, 0.3, 1.2)
+    n = problem.steps
     prior = np.zeros((K1 + n, K1 + n))
     prior[:K1, :K1] = P0
     prior[K1:, K1:] = np.diag(problem.dts)
@@ -397,17 +404,9 @@ def test_the_gap_of_keeping_the_prior_start_is_the_kl_to_the_posterior_of_the_st
     # dense Gaussian conditioning: X at the observation steps is linear in (Y_0, dB) through the Euler chain
     problem = F.HurstProblem(0.8, paths=3, observations=4, substeps=4, K=3, gamma_max=5.0, refine_ratio=None)
     data = problem.data().astype(np.float64)
-    matrices, column, P0 = F.linear.chain(problem.driver, 0.8, 1.1, 0.0, problem.dts)
-    n, K1 = problem.steps, len(column)
-    lin = np.zeros((K1, K1 + n))
-    lin[:, :K1] = np.eye(K1)
-    rows = []
-    for i, M in enumerate(matrices):
-        lin = M @ lin
-        lin[:, K1 + i] += column
-        rows.append(lin[0].copy())
-    A = np.array(rows)[problem.observation_steps - 1][:, 1:K1]  # dependence of the observations on Y_0
-    B = np.array(rows)[problem.observation_steps - 1][:, K1:]
+    rows, P0, K1 = _observation_map(problem, 0.8, 1.1)
+    A = rows[:, 1:K1]  # dependence of the observations on Y_0
+    B = rows[:, K1:]
     P = P0[1:, 1:]
     S = A @ P @ A.T + B @ np.diag(problem.dts) @ B.T + problem.noise ** 2 * np.eye(4)
     gain = P @ A.T @ np.linalg.inv(S)
