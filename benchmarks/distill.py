@@ -1,5 +1,6 @@
 """Score distillation benchmark (issue 13): SDS / VSD / DSD / PG-SB on particles against the exact 2-D Gaussian
-mixture denoiser, and VSD distilling the committed MNIST diffusion model into a one-step generator (with NASA).
+mixture denoiser, and DMD (VSD + regression onto teacher noise-image pairs) distilling the committed MNIST diffusion
+model into a one-step generator (with NASA), with each term alone as ablations.
 
 Rerun: ``python benchmarks/distill.py [--quick] [--skip-mnist]`` -> ``benchmarks/results/distill.json`` and, with the
 MNIST part, ``pplvi/diffusion/weights/onestep_mnist.npz|json``. Settings are in ``GMM`` and ``MNIST`` below.
@@ -31,6 +32,8 @@ import optax
 import pplvi
 import pplvi.diffusion as D
 from pplvi.diffusion import distill as S
+from pplvi.diffusion import pretrained as P
+from pplvi.diffusion.evaluation import load_evaluator
 from pplvi.models.results import device_name, write_json
 from pplvi.train import load_tree, save_tree
 
@@ -41,8 +44,10 @@ WEIGHTS = ROOT / "pplvi" / "diffusion" / "weights"
 GMM = dict(particles=256, steps=1000, lr=0.03, fake_lr=1e-3, fake_width=128, sds_guidance=5.0, dsd_cfg_weight=0.3,
            seeds=5, pgsb_range=(1.0, 5.0), fixed_scale=3.0, pgsb_particles_per_class=128, pgsb_steps=1200,
            pgsb_p_uncond=0.3)
-MNIST = dict(steps=1500, batch_size=32, lr=3e-4, fake_lr=1e-3, latent_dim=64, width=512, depth=3, fake_width=512,
-             fake_depth=2, null_fraction=0.2, eval_samples=2000, nasa_scale=1.0, seed=0)
+MNIST = dict(objective="dmd", pairs=12800, pair_steps=10, regression_steps=3000, regression_batch_size=128,
+             regression_weight=0.25, steps=1500, batch_size=32, lr=3e-4,
+             fake_lr=1e-3, latent_dim=784, width=1024, depth=3, fake_width=512, fake_depth=2, null_fraction=0.2,
+             eval_samples=2000, nasa_scale=1.0, seed=0)
 
 
 def _optimizer(cfg, steps, joint):
@@ -105,40 +110,94 @@ def gmm_part(cfg):
     return out, spread, quality, extras
 
 
-def mnist_part(cfg, quick, eval_only=False):
-    from pplvi.diffusion import pretrained as P
-    from pplvi.diffusion.evaluation import load_evaluator
+def _generator(cfg, key):
+    return S.OneStepGenerator((1, 28, 28), 10, key=key, latent_dim=cfg["latent_dim"], width=cfg["width"],
+                              depth=cfg["depth"])
 
+
+@pplvi.objective
+def pair_regression(generator, labels, latents, images):
+    """Regression only (the DMD ablation without distribution matching): minus the mean squared error of the
+    generator's image for each pair's noise against the teacher's ODE sample."""
+    pred = jax.vmap(generator)(latents, labels)
+    return -jnp.mean(jnp.sum(jnp.reshape((pred - images) ** 2, (labels.shape[0], -1)), -1))
+
+
+def _frechet_and_accuracy(gen, evaluator, test_x, n, key):
+    labels = jnp.arange(n) % 10
+    imgs = np.asarray(P.to_pixels(S.nasa(gen, key, labels, negative=0, scale=0.0)))
+    return evaluator.frechet(imgs, np.asarray(test_x[:n])), evaluator.accuracy(imgs, np.asarray(labels))
+
+
+def mnist_part(cfg, quick, eval_only=False, ablations=True):
     teacher = P.load("mnist")
     key = jax.random.key(cfg["seed"])
-    kg, kf, kl, ke, kn = jax.random.split(key, 5)
-    gen = S.OneStepGenerator((1, 28, 28), 10, key=kg, latent_dim=cfg["latent_dim"], width=cfg["width"],
-                             depth=cfg["depth"])
+    kg, kf, kl, ke, kn, kp = jax.random.split(key, 6)
+    evaluator = load_evaluator("mnist")
+    test_x, _ = P.load_images("mnist", "test")
+    n = cfg["eval_samples"]
+    # the teacher's noise-image pairs (DMD's regression set): labels uniform, a null_fraction of them unconditional
+    n_pairs = cfg["pairs"]
+    pair_labels = jax.random.randint(kl, (n_pairs,), 0, 10)
+    pair_labels = jnp.where(jax.random.uniform(kp, (n_pairs,)) < cfg["null_fraction"], 10, pair_labels)
+    t0 = time.time()
+    latents, images = S.teacher_pairs(teacher, kp, pair_labels, (1, 28, 28), steps=cfg["pair_steps"])
+    pair_seconds = time.time() - t0
+    cond = np.asarray(pair_labels) < 10
+    teacher_imgs = np.asarray(P.to_pixels(images[cond][:n]))
+    teacher_frechet = evaluator.frechet(teacher_imgs, np.asarray(test_x[:n]))
+    teacher_accuracy = evaluator.accuracy(teacher_imgs, np.asarray(pair_labels)[cond][:n])
+    print(f"teacher pairs: {pair_seconds:.0f} s, Frechet {teacher_frechet:.1f}, accuracy {teacher_accuracy:.3f}",
+          flush=True)
+    data = (pair_labels, latents, images)
+    gen = _generator(cfg, kg)
     fake = S.ScoreAdapter((1, 28, 28), 10, key=kf, width=cfg["fake_width"], depth=cfg["fake_depth"])
-    n_labels = cfg["steps"] * cfg["batch_size"]
-    labels = jax.random.randint(kl, (n_labels,), 0, 10)
-    labels = jnp.where(jax.random.uniform(kl, (n_labels,)) < cfg["null_fraction"], 10, labels)
+    ablation = {}
     if eval_only:  # the committed generator, evaluated again
         gen = load_tree(WEIGHTS / "onestep_mnist.npz", gen)
         seconds = json.loads((WEIGHTS / "onestep_mnist.json").read_text())["train_seconds"]
         final_objective = None
     else:
+        # 1. regression warm start (DMD's regression term alone, large batches: cheap, no teacher calls)
         t0 = time.time()
-        res = pplvi.fit(S.vsd(teacher), {"generator": gen, "fake": fake}, optimizer=_optimizer(cfg, cfg["steps"], True),
-                        steps=cfg["steps"], key=cfg["seed"], data=(labels,), batch_size=cfg["batch_size"],
-                        shuffle=False, progress=False)
-        seconds = time.time() - t0
+        warm = pplvi.fit(pair_regression, gen, optimizer=optax.adam(optax.cosine_decay_schedule(
+            cfg["lr"], cfg["regression_steps"], 0.1)), steps=cfg["regression_steps"], key=cfg["seed"], data=data,
+            batch_size=cfg["regression_batch_size"], progress=False).params
+        warm_seconds = time.time() - t0
+        # 2. DMD: distribution matching (VSD with its fake) + the regression, from the warm start
+        t0 = time.time()
+        objective = S.dmd(teacher, regression_weight=cfg["regression_weight"])
+        res = pplvi.fit(objective, {"generator": warm, "fake": fake}, optimizer=_optimizer(cfg, cfg["steps"], True),
+                        steps=cfg["steps"], key=cfg["seed"], data=data, batch_size=cfg["batch_size"],
+                        progress=False)
+        seconds = warm_seconds + time.time() - t0
         gen = res.params["generator"]
         final_objective = float(np.mean(res.history["objective"][-100:]))
+        print(f"dmd: {seconds:.0f} s (warm start {warm_seconds:.0f} s)", flush=True)
         if not quick:
             save_tree(WEIGHTS / "onestep_mnist.npz", gen)
-    evaluator = load_evaluator("mnist")
-    n = cfg["eval_samples"]
-    test_x, _ = P.load_images("mnist", "test")
+        if ablations:  # each term alone at the same budget
+            f, a = _frechet_and_accuracy(warm, evaluator, test_x, n, ke)
+            ablation["warm_start"] = dict(frechet=f, conditional_accuracy=a, train_seconds=warm_seconds)
+            t0 = time.time()
+            reg = pplvi.fit(pair_regression, warm, optimizer=_optimizer(cfg, cfg["steps"], False),
+                            steps=cfg["steps"], key=cfg["seed"], data=data, batch_size=cfg["batch_size"],
+                            progress=False).params
+            f, a = _frechet_and_accuracy(reg, evaluator, test_x, n, ke)
+            ablation["regression_only"] = dict(frechet=f, conditional_accuracy=a,
+                                               train_seconds=warm_seconds + time.time() - t0)
+            print("regression only", ablation["regression_only"], flush=True)
+            t0 = time.time()
+            vsd_gen = pplvi.fit(S.vsd(teacher), {"generator": _generator(cfg, kg), "fake": S.ScoreAdapter(
+                (1, 28, 28), 10, key=kf, width=cfg["fake_width"], depth=cfg["fake_depth"])},
+                optimizer=_optimizer(cfg, cfg["steps"], True), steps=cfg["steps"], key=cfg["seed"],
+                data=(pair_labels,), batch_size=cfg["batch_size"], progress=False).params["generator"]
+            f, a = _frechet_and_accuracy(vsd_gen, evaluator, test_x, n, ke)
+            ablation["vsd_only_from_scratch"] = dict(frechet=f, conditional_accuracy=a,
+                                                     train_seconds=time.time() - t0)
+            print("vsd only", ablation["vsd_only_from_scratch"], flush=True)
     cond_labels = jnp.arange(n) % 10
-    samples = P.to_pixels(S.nasa(gen, ke, cond_labels, negative=0, scale=0.0))
-    frechet = evaluator.frechet(np.asarray(samples), np.asarray(test_x[:n]))
-    accuracy = evaluator.accuracy(np.asarray(samples), np.asarray(cond_labels))
+    frechet, accuracy = _frechet_and_accuracy(gen, evaluator, test_x, n, ke)
     train_x, _ = P.load_images("mnist", "train")
     floor = evaluator.frechet(np.asarray(train_x[:n]), np.asarray(test_x[:n]))
     null = jnp.full((n,), 10)
@@ -168,14 +227,18 @@ def mnist_part(cfg, quick, eval_only=False):
     if not quick:
         write_json(WEIGHTS / "onestep_mnist.json", dict(
             name="onestep_mnist", config=cfg, command="python benchmarks/distill.py", train_seconds=seconds,
-            device=device_name(), objective="vsd (teacher kappa=1, ScoreAdapter fake)", frechet=frechet,
+            device=device_name(), frechet=frechet,
+            objective=f"dmd (VSD, teacher kappa=1, ScoreAdapter fake; + {cfg['regression_weight']} x regression "
+                      f"onto {cfg['pairs']} teacher pairs)",
             parameters=int(sum(x.size for x in jax.tree_util.tree_leaves(gen) if hasattr(x, "size")))))
     return dict(onestep_frechet=frechet, nasa_negative_rate_before=before, nasa_negative_rate_after=after), dict(
         train_seconds=seconds, conditional_accuracy=accuracy, frechet_train_vs_test=floor,
         nasa_negative_class=neg, nasa_scale_sweep=sweep, unconditional_class_frequencies=uncond_freq.tolist(),
         nasa_conditional=dict(negative_class=cneg, rate_before=cond_before, rate_after=cond_after,
                               positive_accuracy_after=cond_keep),
-        final_objective=final_objective)
+        final_objective=final_objective, teacher_frechet=teacher_frechet, teacher_accuracy=teacher_accuracy,
+        teacher_sampler=f"dpm_solver_pp, {cfg['pair_steps']} steps, kappa = 1", pair_seconds=pair_seconds,
+        frechet_target=2 * teacher_frechet, ablations=ablation)
 
 
 def main(argv=None):
@@ -184,12 +247,13 @@ def main(argv=None):
     ap.add_argument("--skip-mnist", action="store_true", help="keep the MNIST numbers of the existing results")
     ap.add_argument("--skip-gmm", action="store_true", help="keep the GMM numbers of the existing results")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the committed one-step generator, no training")
+    ap.add_argument("--no-ablations", action="store_true", help="skip the regression-only and VSD-only MNIST runs")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     gcfg, mcfg = dict(GMM), dict(MNIST)
     if args.quick:
         gcfg.update(steps=150, pgsb_steps=100, seeds=2, particles=64, pgsb_particles_per_class=32)
-        mcfg.update(steps=20, eval_samples=200)
+        mcfg.update(steps=20, eval_samples=200, pairs=256, regression_steps=20)
     t0 = time.time()
     old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     if args.skip_gmm:
@@ -202,7 +266,7 @@ def main(argv=None):
         mnist = {k: old.get(k) for k in ("onestep_frechet", "nasa_negative_rate_before", "nasa_negative_rate_after")}
         mextra = old.get("mnist", {})
     else:
-        mnist, mextra = mnist_part(mcfg, args.quick, args.eval_only)
+        mnist, mextra = mnist_part(mcfg, args.quick, args.eval_only, not args.no_ablations)
     results.update(mnist)
     command = " ".join(["python benchmarks/distill.py", *(sys.argv[1:] if argv is None else argv)])
     results.update(device=device_name(), quick=args.quick, command=command, gmm_config=gcfg, mnist_config=mcfg,

@@ -49,6 +49,11 @@ weighting of Poole et al.) the directions are
   output added to the residual stream), and :func:`nasa` replaces it by :math:`c_\ell(y) - \alpha\,c_\ell(y_-)`
   in every layer.
 
+* **DMD** (distribution matching distillation; Yin et al. 2024) is VSD plus a regression of a one-step generator
+  onto the teacher's own ODE samples from the same noise (:func:`dmd`, pairs from :func:`teacher_pairs`): the
+  regression ties each latent to one teacher sample, which keeps a one-step network out of the mode collapse that
+  VSD alone can start in and stay in.
+
 :func:`cluster_variance_ratio` measures collapse on mixtures with known modes.
 """
 
@@ -65,6 +70,7 @@ import numpyro.distributions as nd
 import pplvi
 from pplvi import DataError, PPLVIError
 from pplvi.diffusion.analytic import GaussianMixture
+from pplvi.diffusion import samplers
 from pplvi.diffusion.model import Diffusion
 from pplvi.diffusion.networks import time_features
 from pplvi.diffusion.schedules import Schedule
@@ -419,6 +425,72 @@ def pgsb(teacher, *, guidance=(2.0, 6.0), fake_weight: float = 1.0, p_uncond: fl
     obj.name = "pgsb"
     return obj
 
+
+
+def dmd(teacher, *, regression_weight: float = 0.25, guidance=1.0, fake_weight: float = 1.0,
+        t_range=(0.02, 0.98), weighting: str = "dreamfusion") -> pplvi.Objective:
+    r"""DMD (distribution matching distillation; Yin et al. 2024, "One-step Diffusion with Distribution Matching
+    Distillation"): VSD's distribution-matching direction plus a regression of the generator onto the teacher's own
+    deterministic (ODE) samples from the *same* noise, ``obj({"generator", "fake"}, labels, pair_latents,
+    pair_images)`` (maximized):
+
+    .. math:: \mathcal L_{\text{VSD}}(\theta, \psi; y) - \lambda_{\text{reg}}\,\tfrac1B \textstyle\sum_i
+              \|g_\theta(z_i, y_i) - \Phi_T(z_i, y_i)\|^2,
+
+    where :math:`\Phi_T` maps the prior noise :math:`z` to the teacher's ODE sample (:func:`teacher_pairs`). The
+    VSD term alone has the generator's noised marginals equal the teacher's as a fixed point but does not prevent
+    the generator from starting (and staying) mode collapsed; the regression ties every latent to one teacher sample,
+    so the latent cannot be ignored. The generator's latent must be the teacher's noise (``latent_dim`` =
+    the image size). The VSD part draws fresh latents (site ``"z"``) with the same ``labels``. DMD uses LPIPS for
+    the regression; here it is the squared error in pixel space."""
+    if regression_weight < 0:
+        raise PPLVIError(f"dmd: regression_weight must be >= 0, got {regression_weight}")
+    matching = vsd(teacher, guidance=guidance, fake_weight=fake_weight, t_range=t_range, weighting=weighting)
+
+    @pplvi.objective
+    def dmd_objective(params, labels, pair_latents, pair_images):
+        generator = params["generator"] if isinstance(params, dict) else None
+        if not isinstance(generator, OneStepGenerator):
+            raise PPLVIError("dmd: params must be {'generator': OneStepGenerator, 'fake': ScoreAdapter}")
+        labels = jnp.asarray(labels, jnp.int32)
+        if pair_latents.shape != (labels.shape[0], generator.latent_dim):
+            raise DataError(f"dmd: pair_latents must be (B, latent_dim) = ({labels.shape[0]}, "
+                            f"{generator.latent_dim}), got {pair_latents.shape}")
+        if pair_images.shape != (labels.shape[0], *generator.shape):
+            raise DataError(f"dmd: pair_images must be (B, *shape) = ({labels.shape[0]}, *{generator.shape}), got "
+                            f"{pair_images.shape}")
+        pred = jax.vmap(generator)(pair_latents, labels)
+        regression = jnp.mean(jnp.sum(jnp.reshape((pred - pair_images) ** 2, (labels.shape[0], -1)), -1))
+        return matching(params, labels) - regression_weight * regression
+
+    return dmd_objective
+
+
+def teacher_pairs(model: Diffusion, key, labels, shape, *, steps: int = 10, batch_size: int = 256):
+    r"""Noise-image pairs :math:`(z, \Phi_T(z, y))` for :func:`dmd`: :math:`z \sim \mathcal N(0, I)` in image shape
+    and the teacher's DPM-Solver++(2M) sample from it (deterministic, ``steps`` steps, one conditional evaluation
+    per step; label ``num_classes`` = unconditional; ``shape`` the image shape, e.g. ``(1, 28, 28)``). Returns
+    ``(latents (N, prod(shape)), images (N, *shape))``."""
+    labels = jnp.asarray(labels, jnp.int32)
+    shape = tuple(int(d) for d in shape)
+    if labels.ndim != 1 or labels.shape[0] == 0:
+        raise DataError(f"teacher_pairs: labels must be a non-empty vector (N,), got shape {labels.shape}")
+
+    @jax.jit
+    def batch(k, ys):
+        z = jax.random.normal(k, (ys.shape[0], *shape))
+        x = samplers.dpm_solver_pp(k, samplers.conditional(model, ys), model.schedule, z.shape, steps=steps,
+                                   x_init=z).x
+        return jnp.reshape(z, (ys.shape[0], -1)), x
+
+    zs, xs = [], []
+    keys = jax.random.split(key, -(-labels.shape[0] // batch_size))
+    for i, k in enumerate(keys):
+        ys = labels[i * batch_size:(i + 1) * batch_size]
+        z, x = batch(k, jnp.pad(ys, (0, batch_size - ys.shape[0]), constant_values=model.num_classes))
+        zs.append(z[: ys.shape[0]])
+        xs.append(x[: ys.shape[0]])
+    return jnp.concatenate(zs), jnp.concatenate(xs)
 
 # --------------------------------------------------------------------------------------------------------------
 # measuring collapse

@@ -81,6 +81,44 @@ def test_vsd_generator_gradient_is_teacher_minus_fake_and_fake_learns():
     np.testing.assert_allclose(grads["generator"], expected, rtol=2e-4, atol=1e-7)
 
 
+
+def test_dmd_is_vsd_plus_the_regression_onto_teacher_pairs():
+    gmm, _ = S.ring_mixture()
+    teacher = S.as_teacher(gmm, SCHED)
+    gen = S.OneStepGenerator((2,), 2, key=jax.random.key(5), latent_dim=2, width=16, depth=2)
+    fake = S.ScoreAdapter((2,), 2, key=jax.random.key(6), width=16)
+    labels = jnp.array([0, 1, 2, 0])
+    z = jax.random.normal(jax.random.key(7), (4, 2))
+    x = jax.random.normal(jax.random.key(8), (4, 2))
+    key, lam = jax.random.key(9), 0.7
+    params = {"generator": gen, "fake": fake}
+    value, grads = S.dmd(teacher, regression_weight=lam).value_and_grad(key, params, labels, z, x)
+    # the fake starts equal to the teacher, so VSD's generator direction is zero: the generator's gradient is exactly
+    # the regression's, -lam d/dtheta mean_i ||g(z_i, y_i) - x_i||^2
+    reg = lambda g: -lam * jnp.mean(jnp.sum((jax.vmap(g)(z, labels) - x) ** 2, -1))  # noqa: E731
+    expected = jax.grad(reg)(gen)
+    for a, b in zip(jax.tree_util.tree_leaves(grads["generator"]), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # the value is VSD's (the fake's denoising loss on fresh latents, same key) plus the regression
+    vsd_value = S.vsd(teacher).estimate(key, params, labels)
+    assert float(value) == pytest.approx(float(vsd_value) + float(reg(gen)), rel=1e-5)
+    with pytest.raises(pplvi.DataError, match="pair_latents"):
+        S.dmd(teacher).grad(key, params, labels, z[:, :1], x)
+    with pytest.raises(pplvi.PPLVIError, match="regression_weight"):
+        S.dmd(teacher, regression_weight=-1.0)
+
+
+def test_teacher_pairs_are_the_deterministic_sampler_from_their_noise():
+    net = D.MLPDenoiser(2, 2, key=jax.random.key(0))
+    model = D.Diffusion(net, SCHED, num_classes=2)
+    labels = jnp.array([0, 1, 2, 1, 0])
+    z, x = S.teacher_pairs(model, jax.random.key(1), labels, (2,), steps=4, batch_size=2)
+    assert z.shape == (5, 2) and x.shape == (5, 2)
+    again = D.dpm_solver_pp(jax.random.key(0), D.conditional(model, labels), SCHED, (5, 2), steps=4, x_init=z).x
+    np.testing.assert_allclose(x, again, rtol=1e-5, atol=1e-5)
+    with pytest.raises(pplvi.DataError, match="labels"):
+        S.teacher_pairs(model, jax.random.key(1), jnp.zeros((0,), jnp.int32), (2,))
+
 def eqx_is_float(v):
     return hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating)
 
