@@ -12,6 +12,7 @@ from pplvi.diffusion import (
     distill,
     dynamic_cfg,
     evaluation,
+    feynman_kac,
     guidance,
     inverse,
     ppap,
@@ -37,7 +38,8 @@ from pplvi.diffusion.samplers import (
 from pplvi.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule, Schedule, schedule
 
 __all__ = [
-    "agd", "classifier_guidance", "distill", "dynamic_cfg", "evaluation", "guidance", "inverse", "ppap", "pretrained",
+    "agd", "classifier_guidance", "distill", "dynamic_cfg", "evaluation", "feynman_kac", "guidance", "inverse", "ppap",
+    "pretrained",
     "CosineSchedule", "Diffusion", "EDMSchedule", "GaussianMixture", "LinearSchedule", "MLPDenoiser", "PREDICTIONS",
     "SAMPLERS", "Samples", "Schedule", "UNet", "cfg", "conditional", "ddim", "ddpm", "denoising_objective",
     "dpm_solver_pp", "energy_distance", "gaussian_x0", "heun", "karras_times", "predictor", "sample", "schedule",
