@@ -184,23 +184,34 @@ class UNet(eqx.Module):
             )
         return self.forward(x, self.conditioning(t, label))
 
-    def forward(self, x, e):
+    def forward(self, x, e, block_adapters=None):
         """The network given its conditioning vector ``e`` (``conditioning(t, label)``, possibly modified, e.g. by
-        an adapter); ``x`` one image ``(channels, height, width)``."""
+        an adapter); ``x`` one image ``(channels, height, width)``. ``block_adapters``: optional callables, one per
+        residual block in forward order (down, middle, up), each applied as ``h = h + adapter(h)`` to the block's
+        channels-last output ``h`` (H, W, C); ``None`` is the plain network."""
+        n_blocks = len(self.down) + len(self.middle) + len(self.up)
+        if block_adapters is not None and len(block_adapters) != n_blocks:
+            raise PPLVIError(f"UNet.forward: {len(block_adapters)} block adapters for {n_blocks} residual blocks")
+        adapters = iter(block_adapters or [])
+
+        def run(block, h):
+            h = block(h, e)
+            return h if block_adapters is None else h + next(adapters)(h)
+
         h = _conv(self.stem, jnp.transpose(x, (1, 2, 0)))
         skips = []
         for i, block in enumerate(self.down):
-            h = block(h, e)
+            h = run(block, h)
             skips.append(h)
             if i < len(self.downsample):
                 h = _conv(self.downsample[i], h, stride=2)
         for block in self.middle:
-            h = block(h, e)
+            h = run(block, h)
         for block in self.up:
             s = skips.pop()
             if h.shape[:2] != s.shape[:2]:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=0), 2, axis=1)
-            h = block(jnp.concatenate([h, s], axis=-1), e)
+            h = run(block, jnp.concatenate([h, s], axis=-1))
         out = _conv(self.head, jax.nn.silu(_group_norm(self.head_norm, h)))
         return jnp.transpose(out, (2, 0, 1))
 
