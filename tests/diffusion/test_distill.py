@@ -247,5 +247,13 @@ def test_committed_results_hold_the_contract_and_the_claims():
     assert r["pgsb_seed_spread"] == pytest.approx(float(np.std(q["pgsb"], ddof=1)), rel=1e-6)
     assert r["fixed_scale_seed_spread"] == pytest.approx(float(np.std(q["fixed_both"], ddof=1)), rel=1e-6)
     assert r["pgsb_seed_spread"] < r["fixed_scale_seed_spread"]
-    assert math.isfinite(r["onestep_frechet"]) and r["onestep_frechet"] > 0
-    assert r["nasa_negative_rate_after"] < r["nasa_negative_rate_before"]
+    # the one-step MNIST generator (DMD) reaches the stated Frechet distance: at most twice the teacher's own
+    # 10-step sampler's, in the evaluator's feature space; VSD alone at the same budget collapses
+    m = r["mnist"]
+    assert math.isfinite(r["onestep_frechet"]) and 0 < r["onestep_frechet"] <= m["frechet_target"]
+    assert m["frechet_target"] == pytest.approx(2 * m["teacher_frechet"])
+    assert m["conditional_accuracy"] > 0.9
+    assert m["ablations"]["vsd_only_from_scratch"]["frechet"] > 10 * r["onestep_frechet"]
+    # NASA on a diverse generator: the negative class is common before (about its share) and rare after
+    assert r["nasa_negative_rate_before"] > 0.05
+    assert r["nasa_negative_rate_after"] < 0.25 * r["nasa_negative_rate_before"]
