@@ -69,8 +69,8 @@ import numpyro.distributions as nd
 
 import pplvi
 from pplvi import DataError, PPLVIError
-from pplvi.diffusion.analytic import GaussianMixture
 from pplvi.diffusion import samplers
+from pplvi.diffusion.analytic import GaussianMixture
 from pplvi.diffusion.model import Diffusion
 from pplvi.diffusion.networks import time_features
 from pplvi.diffusion.schedules import Schedule
