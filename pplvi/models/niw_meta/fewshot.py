@@ -6,9 +6,10 @@ r"""Few-shot classification: the NIW meta-learner on a small conv net, and the P
 * NIW (:func:`niw_fewshot_elbo` with the linear head, :func:`niw_protonet_elbo` with ProtoNet's likelihood,
   :func:`niw_predict`): the ELBO of :mod:`~pplvi.models.niw_meta.objective` with a
   diagonal NIW, a few inner steps and a diagonal empirical-Fisher curvature (per example for the linear head's
-  categorical likelihood, per image for ProtoNet's, :func:`protonet_fisher`);
+  categorical likelihood, per image for ProtoNet's, :func:`protonet_fisher`), or the expected (true) Fisher
+  (``curvature="expected_fisher"``: :func:`categorical_expected_fisher`, :func:`protonet_expected_fisher`);
   prediction by the posterior predictive :math:`\frac1S\sum_s \mathrm{softmax}\,f(x; \theta_s)`,
-  :math:`\theta_s \sim q_i` fitted to the support set.
+  :math:`\theta_s \sim q_i` fitted to the support set (``rule="mean"``: the softmax at :math:`m_i`).
 * ProtoNet (Snell et al. 2017, :func:`protonet_objective`, :func:`protonet_predict`): logits are minus squared
   distances to class means of the embedded support set.
 * MAML (Finn et al. 2017, :func:`maml_objective`, :func:`maml_predict`): ``steps`` inner SGD steps on the support
@@ -23,10 +24,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 
 import pplvi
-from pplvi.models.niw_meta.local import local_posterior
+from pplvi.models.niw_meta.local import expected_fisher_diagonal, local_posterior
 from pplvi.models.niw_meta.niw import NIW, expected_gaussian_kl, niw_kl
 from pplvi.models.niw_meta.objective import niw_elbo, sample_theta
 from pplvi.objectives.terms import stop_gradient
@@ -76,6 +78,14 @@ def categorical_log_likelihood(unravel):
     return log_likelihood
 
 
+def categorical_expected_fisher(unravel):
+    r"""The exact diagonal expected Fisher :math:`\sum_n\sum_c p_{nc}(\nabla\log p_{nc})^2` of the linear head's
+    categorical likelihood (:func:`~pplvi.models.niw_meta.expected_fisher_diagonal`), a curvature callable for data
+    ``(x, y)`` (the labels are not used: the expectation is over the model's own labels)."""
+    log_probs = lambda theta, data: jax.nn.log_softmax(convnet_apply(unravel(theta), data[0]))
+    return lambda theta, data: expected_fisher_diagonal(log_probs, theta, data)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # NIW
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,7 +103,10 @@ def init_niw(key, *, way: int | None = 5, prior_std: float = 0.03, dof: float = 
 
 def niw_fewshot_elbo(unravel, prior: NIW, num_episodes: int, *, steps: int = 2, lr: float = 0.4,
                      curvature="fisher") -> pplvi.Objective:
-    """The NIW ELBO for batches of episodes ``(q, sx (E, n_s, 28, 28), sy (E, n_s), qx, qy)``."""
+    """The NIW ELBO for batches of episodes ``(q, sx (E, n_s, 28, 28), sy (E, n_s), qx, qy)``. ``curvature``:
+    ``"fisher"`` (default, the empirical one), ``"expected_fisher"`` (:func:`categorical_expected_fisher`) or
+    anything :func:`~pplvi.models.niw_meta.local_posterior` takes."""
+    curvature = categorical_expected_fisher(unravel) if curvature == "expected_fisher" else curvature
     inner = niw_elbo(categorical_log_likelihood(unravel), prior, num_episodes, steps=steps, lr=lr,
                      curvature=curvature)
 
@@ -105,22 +118,38 @@ def niw_fewshot_elbo(unravel, prior: NIW, num_episodes: int, *, steps: int = 2, 
 
 
 def niw_predict(key, q: NIW, unravel, sx, sy, qx, *, samples: int = 10, steps: int = 2, lr: float = 0.4,
-                curvature="fisher", head: str = "linear", way: int = 5):
+                curvature="fisher", head: str = "linear", way: int = 5, fisher_samples: int = 8,
+                rule: str = "average"):
     r"""Posterior-predictive class probabilities (n_q, way) for one episode: :math:`q_i` from the support set, then
     the mean over ``samples`` draws :math:`\theta_s \sim q_i` of the softmax (``head="linear"``: the network's
-    head; ``"protonet"``: prototypes of the support set embedded with :math:`\theta_s`)."""
+    head; ``"protonet"``: prototypes of the support set embedded with :math:`\theta_s`). ``curvature``:
+    ``"fisher"`` (default: the empirical one, per image for ProtoNet's, :func:`protonet_fisher`),
+    ``"expected_fisher"`` (exact for the linear head, :func:`categorical_expected_fisher`, Monte Carlo with
+    ``fisher_samples`` label draws for ProtoNet's, :func:`protonet_expected_fisher`), or anything
+    :func:`~pplvi.models.niw_meta.local_posterior` takes; use the one the model was trained with.
+    ``rule="mean"``: the softmax at the mean :math:`m_i` alone (plug-in; ``samples`` unused) instead of the
+    average over draws. The ELBO's likelihood term :math:`\mathbb E_{q_i}\log p` scores single draws, not their
+    average, so with :math:`q_i` close to the prior the average of disagreeing draws is underconfident (see
+    ``docs/models/niw_meta.md``)."""
+    if rule not in ("average", "mean"):
+        raise pplvi.PPLVIError(f'rule must be "average" or "mean", got {rule!r}')
     if head == "linear":
         ll, data = categorical_log_likelihood(unravel), (sx, sy)
         predict = lambda params: jax.nn.softmax(convnet_apply(params, qx))
+        curvature = categorical_expected_fisher(unravel) if curvature == "expected_fisher" else curvature
     elif head == "protonet":
         ll, data = protonet_log_likelihood(unravel, way), (sx, sy, sx, sy)
         predict = lambda params: jax.nn.softmax(protonet_logits(params, sx, sy, qx, way))
-        curvature = protonet_fisher(unravel, way) if curvature == "fisher" else curvature
+        curvature = protonet_curvature(unravel, way, curvature, fisher_samples)
     else:
         raise pplvi.PPLVIError(f'head must be "linear" or "protonet", got {head!r}')
     if not isinstance(samples, int) or samples < 1:
         raise pplvi.PPLVIError(f"samples must be a positive integer, got {samples!r}")
-    m, v = local_posterior(q, ll, data, steps=steps, lr=lr, curvature=curvature)
+    key, noise_key = jax.random.split(key)
+    noise = curvature_uniforms(curvature, sx.shape[0], noise_key)
+    m, v = local_posterior(q, ll, data, steps=steps, lr=lr, curvature=curvature, curvature_noise=noise)
+    if rule == "mean":
+        return predict(unravel(m))
     eps = jax.random.normal(key, (samples,) + m.shape)
     thetas = m + jnp.sqrt(v) * eps
     return jnp.mean(jax.vmap(lambda th: predict(unravel(th)))(thetas), axis=0)
@@ -137,9 +166,25 @@ def protonet_log_likelihood(unravel, way: int):
     return log_likelihood
 
 
+def _protonet_support_log_probs(onehot, feats):
+    """Log class probabilities (n, way) of the support set used as its own query set, from its embeddings."""
+    protos = onehot.T @ feats / jnp.sum(onehot, axis=0)[:, None]
+    return jax.nn.log_softmax(-jnp.sum((feats[:, None, :] - protos[None]) ** 2, axis=-1))
+
+
+def _per_image_vjps(unravel, theta, sx, cotangents):
+    r""":math:`J_m^\top c_m` for every support image :math:`m` (one ``jax.vmap`` of single-image vector-Jacobian
+    products through the embedding; :math:`J_m = \partial f(x_m;\theta)/\partial\theta`). ``cotangents`` (n, F)."""
+    def one(x, c):
+        _, vjp = jax.vjp(lambda th: convnet_features(unravel(th), x[None])[0], theta)
+        return vjp(c)[0]
+
+    return jax.vmap(one)(sx, cotangents)
+
+
 def protonet_fisher(unravel, way: int):
     r"""A diagonal curvature for ProtoNet's likelihood with the support set as its own query set (a callable for
-    :func:`~pplvi.models.niw_meta.local_posterior`'s ``curvature``).
+    :func:`~pplvi.models.niw_meta.local_posterior`'s ``curvature``): the per-image *empirical* Fisher.
 
     :math:`L(\theta) = \sum_n \log p(y_n \mid x_n, S, \theta)` does not factorize over examples: every term
     depends on all support embeddings through the prototypes. It does factorize over *images* through the
@@ -149,45 +194,100 @@ def protonet_fisher(unravel, way: int):
     g_m^2`: all :math:`g_m` come from one ``jax.vmap`` of single-image vector-Jacobian products, the cost of one
     batched backward pass through the support set (a Jacobian of the :math:`n` per-example log-likelihoods would
     cost :math:`n` backward passes through the whole support set). ``data`` is ``(sx, sy, ...)``; only the support
-    is used."""
+    is used.
+
+    It is built from the gradients of the *observed* labels, which vanish where the support set is fitted well:
+    there :math:`A_i \approx 0` and :math:`V_i \approx P^{-1}` (see :func:`protonet_expected_fisher`)."""
     def curvature(theta, data):
         sx, sy = data[0], data[1]
-        params = unravel(theta)
         onehot = jax.nn.one_hot(sy, way)
-
-        def total(feats):
-            protos = onehot.T @ feats / jnp.sum(onehot, axis=0)[:, None]
-            logp = jax.nn.log_softmax(-jnp.sum((feats[:, None, :] - protos[None]) ** 2, axis=-1))
-            return jnp.sum(logp * onehot)
-
-        cot = jax.grad(total)(convnet_features(params, sx))  # (n, F)
-
-        def one(x, c):
-            _, vjp = jax.vjp(lambda th: convnet_features(unravel(th), x[None])[0], theta)
-            return vjp(c)[0]
-
-        return jnp.sum(jax.vmap(one)(sx, cot) ** 2, axis=0)
+        cot = jax.grad(lambda f: jnp.sum(_protonet_support_log_probs(onehot, f) * onehot))(
+            convnet_features(unravel(theta), sx))  # (n, F)
+        return jnp.sum(_per_image_vjps(unravel, theta, sx, cot) ** 2, axis=0)
 
     return curvature
 
 
+def protonet_expected_fisher(unravel, way: int, samples: int = 8):
+    r"""The diagonal of the expected (true) Fisher of ProtoNet's likelihood with the support set as its own query
+    set, by Monte Carlo over labels drawn from the model (a random curvature callable for
+    :func:`~pplvi.models.niw_meta.local_posterior`: ``curvature(theta, data, uniforms)``, ``uniforms`` of shape
+    ``noise_shape(n) = (samples, n)``).
+
+    With :math:`p_n = p(\cdot \mid x_n, S, \theta)` and labels :math:`\hat y_n \sim p_n` drawn independently,
+    the score :math:`s = \nabla_\theta \sum_n \log p(\hat y_n \mid x_n, S, \theta)` has mean zero and
+    :math:`\mathbb E[s s^\top] = \sum_n J_n^\top(\mathrm{diag}\,p_n - p_np_n^\top)J_n`, the Fisher (= generalized
+    Gauss-Newton matrix) of the labels given the support images, :math:`J_n` the Jacobian of row :math:`n`'s logits
+    (cross terms vanish because different rows' scores are independent with mean zero). So
+    :math:`A_i = \frac1K\sum_{k=1}^K s_k^2` (elementwise, ``samples`` = :math:`K` label draws) is unbiased for its
+    diagonal. Unlike the empirical Fisher (:func:`protonet_fisher`) it does not vanish where the support set is fitted
+    well. Each :math:`s_k = \sum_m J_m^\top \partial L_k/\partial f_m` comes from the per-image vector-Jacobian
+    products of :func:`protonet_fisher`: :math:`K` batched backward passes through the support set. Labels are
+    drawn by inverting the class CDF at the given uniforms. An exact alternative (a sum over all labels) costs
+    :math:`n \cdot` way backward passes through the whole support set."""
+    if not isinstance(samples, int) or samples < 1:
+        raise pplvi.PPLVIError(f"protonet_expected_fisher: samples must be a positive integer, got {samples!r}")
+
+    def curvature(theta, data, uniforms):
+        sx, sy = data[0], data[1]
+        onehot = jax.nn.one_hot(sy, way)
+        feats = convnet_features(unravel(theta), sx)
+        p = jnp.exp(_protonet_support_log_probs(onehot, feats))
+        labels = jnp.minimum(jnp.sum(jnp.cumsum(p, axis=-1)[None] < uniforms[..., None], axis=-1), way - 1)
+
+        def score(lab):
+            cot = jax.grad(lambda f: jnp.sum(_protonet_support_log_probs(onehot, f) * jax.nn.one_hot(lab, way)))(feats)
+            return jnp.sum(_per_image_vjps(unravel, theta, sx, cot), axis=0)
+
+        return jnp.mean(jax.vmap(score)(labels) ** 2, axis=0)
+
+    curvature.noise_shape = lambda n: (samples, n)
+    return curvature
+
+
+def protonet_curvature(unravel, way: int, curvature, samples: int = 8):
+    """``"fisher"`` -> :func:`protonet_fisher`, ``"expected_fisher"`` -> :func:`protonet_expected_fisher`; anything
+    else is passed on to :func:`~pplvi.models.niw_meta.local_posterior` as it is."""
+    if isinstance(curvature, str) and curvature == "fisher":
+        return protonet_fisher(unravel, way)
+    if isinstance(curvature, str) and curvature == "expected_fisher":
+        return protonet_expected_fisher(unravel, way, samples)
+    return curvature
+
+
+def curvature_uniforms(curvature, n: int, key=None):
+    """The uniforms a random curvature needs (``None`` for a deterministic one): drawn with ``key``, or, without a
+    key, as the random choice ``"curvature_noise"`` of the enclosing objective."""
+    if not hasattr(curvature, "noise_shape"):
+        return None
+    shape = curvature.noise_shape(n)
+    if key is not None:
+        return jax.random.uniform(key, shape)
+    return pplvi.sample("curvature_noise", dist.Uniform(0.0, 1.0).expand(shape).to_event(len(shape)),
+                        estimator=pplvi.reparam)
+
+
 def niw_protonet_elbo(unravel, prior: NIW, num_episodes: int, *, way: int = 5, steps: int = 1, lr: float = 0.4,
-                      curvature="fisher") -> pplvi.Objective:
+                      curvature="fisher", fisher_samples: int = 8) -> pplvi.Objective:
     r"""The NIW ELBO with ProtoNet's likelihood: :math:`\theta_i` are the embedding weights of episode :math:`i`,
     :math:`p(D_i \mid \theta_i) = \prod_{\text{query}} p(y \mid x, S_i, \theta_i)` (prototypes from the support
     :math:`S_i`). :math:`q_i` comes from the one-time local iterate on the support set used as its own query set;
     the rest is :func:`~pplvi.models.niw_meta.niw_elbo`'s ELBO (same closed forms, ``"theta"`` reparameterized).
-    ``curvature="fisher"`` means the per-image empirical Fisher of :func:`protonet_fisher` (this likelihood does
-    not factorize over examples)."""
+    ``curvature="fisher"`` (default): the per-image empirical Fisher of :func:`protonet_fisher` (this likelihood
+    does not factorize over examples); ``"expected_fisher"``: the Monte Carlo expected Fisher of
+    :func:`protonet_expected_fisher` (``fisher_samples`` label draws, the uniforms a random choice
+    ``"curvature_noise"``: any :math:`q_i` gives a bound, so a randomized one gives one in expectation)."""
     ll = protonet_log_likelihood(unravel, way)
-    curvature = protonet_fisher(unravel, way) if curvature == "fisher" else curvature
+    curvature = protonet_curvature(unravel, way, curvature, fisher_samples)
 
     @pplvi.objective
     def niw_protonet(q, sx, sy, qx, qy):
         n_ep = sx.shape[0]
 
         def episode(a, b, c, d):
-            m_i, v_i = local_posterior(q, ll, (a, b, a, b), steps=steps, lr=lr, curvature=curvature)
+            noise = curvature_uniforms(curvature, a.shape[0])
+            m_i, v_i = local_posterior(q, ll, (a, b, a, b), steps=steps, lr=lr, curvature=curvature,
+                                       curvature_noise=noise)
             theta = sample_theta(m_i, v_i, q.diagonal)
             return pplvi.add_cost((jnp.sum(ll(theta, (a, b, c, d))) - expected_gaussian_kl(q, m_i, v_i)) / n_ep)
 

@@ -28,8 +28,22 @@ affordable):
   the rows of ``data`` (:math:`l_{in}` depends on row :math:`n` only) and computes all :math:`n` per-example
   gradients in one ``jax.vmap(jax.grad)`` pass: the cost of one batched backward pass, not :math:`n` of them;
 * a callable ``curvature(theta_bar, data) -> (d,)``: a diagonal :math:`A_i \ge 0` of the caller's choosing, for
-  likelihoods that do not factorize (ProtoNet's, :func:`~pplvi.models.niw_meta.fewshot.protonet_fisher`);
+  likelihoods that do not factorize (ProtoNet's, :func:`~pplvi.models.niw_meta.fewshot.protonet_fisher`), or for the
+  expected Fisher of a categorical likelihood (:func:`expected_fisher_diagonal`,
+  :func:`~pplvi.models.niw_meta.fewshot.protonet_expected_fisher`). A callable with a ``noise_shape`` attribute is
+  random: it is called as ``curvature(theta_bar, data, noise)`` with ``noise`` uniforms of shape
+  ``curvature.noise_shape(n)`` (``curvature_noise``);
 * a number :math:`a` (:math:`A_i = a I`, diagonal).
+
+**Empirical versus expected Fisher.** The empirical Fisher squares the gradients of the *observed* labels. At a
+point that fits the data well those gradients vanish (for a categorical likelihood the score of the observed class
+is :math:`J^\top(e_y - p)`, of size :math:`1 - p_y`), so :math:`A_i \approx 0` and :math:`V_i \approx P^{-1}`:
+the local posterior stays as wide as the prior however much data the episode has. The expected (true) Fisher
+:math:`\sum_y p(y\mid x,\theta)\,(\nabla\log p(y\mid x,\theta))^2` equals the diagonal of the generalized
+Gauss-Newton matrix :math:`J^\top(\mathrm{diag}\,p - pp^\top)J` of the logits; it is of size :math:`p_y(1-p_y)`
+instead of :math:`(1-p_y)^2` and does not vanish at a good fit (Martens, "New insights and perspectives on the
+natural gradient method", JMLR 2020; Kunstner et al., "Limitations of the empirical Fisher approximation", NeurIPS
+2019).
 """
 
 from __future__ import annotations
@@ -43,13 +57,15 @@ from pplvi.models.niw_meta.niw import NIW
 from pplvi.objectives.terms import stop_gradient
 
 
-def local_posterior(q: NIW, log_likelihood, data, *, steps: int = 0, lr: float = 0.1, curvature="hessian"):
+def local_posterior(q: NIW, log_likelihood, data, *, steps: int = 0, lr: float = 0.1, curvature="hessian",
+                    curvature_noise=None):
     r"""The closed-form :math:`(m_i, V_i)` for one episode.
 
     ``log_likelihood(theta, data)`` returns the per-example log-likelihoods (n,) of the episode's data (summed to
     :math:`-l_i`). ``steps`` gradient-ascent steps of size ``lr`` on :math:`\log p(D_i\mid\theta) -
     \tfrac12(\theta - m)^\top P(\theta - m)` (the MAP problem, divided by the number of
-    examples) give :math:`\bar\theta_i`. Returns ``(m_i, V_i)`` with ``V_i`` (d, d) for a full ``q`` and (d,) for a
+    examples) give :math:`\bar\theta_i`. ``curvature_noise``: the uniforms a random curvature callable (one with a
+    ``noise_shape`` attribute) needs. Returns ``(m_i, V_i)`` with ``V_i`` (d, d) for a full ``q`` and (d,) for a
     diagonal one."""
     if curvature == "hessian" and q.diagonal:
         raise pplvi.PPLVIError('curvature="hessian" needs a full-covariance NIW; use "fisher" or a number for a '
@@ -78,7 +94,13 @@ def local_posterior(q: NIW, log_likelihood, data, *, steps: int = 0, lr: float =
         v = 0.5 * (v + v.T)
         return v @ (a @ theta_bar - g + p @ m), v
     if callable(curvature):
-        a = stop_gradient(curvature(theta_bar, data))
+        if hasattr(curvature, "noise_shape"):
+            if curvature_noise is None:
+                raise pplvi.PPLVIError("this curvature is random (it has a noise_shape): pass curvature_noise, "
+                                       "uniforms of shape curvature.noise_shape(n)")
+            a = stop_gradient(curvature(theta_bar, data, stop_gradient(curvature_noise)))
+        else:
+            a = stop_gradient(curvature(theta_bar, data))
         if a.shape != m.shape:
             raise pplvi.PPLVIError(f"a curvature callable must return the diagonal of A_i, shape {m.shape}, got "
                                    f"{a.shape}")
@@ -103,6 +125,22 @@ def empirical_fisher_diagonal(log_likelihood, theta, data):
         return jax.grad(lambda th: log_likelihood(th, batch)[0])(theta)
 
     return jnp.sum(jax.vmap(one)(data) ** 2, axis=0)
+
+
+def expected_fisher_diagonal(log_probs, theta, data):
+    r"""The diagonal of the expected (true) Fisher of a categorical likelihood that factorizes over the rows of
+    ``data``: :math:`\sum_n \sum_c p_{nc}\,(\nabla_\theta \log p_{nc})^2`, :math:`p_{nc} = p(c\mid x_n, \theta)`,
+    which is :math:`\mathrm{diag}\sum_n J_n^\top(\mathrm{diag}\,p_n - p_np_n^\top)J_n` (:math:`J_n` the Jacobian of
+    row :math:`n`'s logits; the generalized Gauss-Newton diagonal). ``log_probs(theta, batch)`` returns the
+    log class probabilities (n, C) of a batch. Exact (no label sampling): one Jacobian of the :math:`C` log
+    probabilities per row, all rows in one ``jax.vmap``."""
+    def one(row):
+        batch = jax.tree_util.tree_map(lambda leaf: leaf[None], row)
+        jac = jax.jacrev(lambda th: log_probs(th, batch)[0])(theta)  # (C, d)
+        p = jnp.exp(jax.lax.stop_gradient(log_probs(theta, batch)[0]))
+        return jnp.einsum("c,cd->d", p, jac**2)
+
+    return jnp.sum(jax.vmap(one)(data), axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,10 +13,13 @@
    episodes (``test_query`` queries per class): accuracy, ECE (15 bins) and query NLL, NIW by its posterior
    predictive (``samples`` draws from :math:`q_i`). Standard errors: over test episodes (accuracy, NLL) and by a
    bootstrap over test episodes (ECE); the NIW - ProtoNet differences are paired (same episodes, same resamples).
+   The NIW's log-scale parameters get their own Adam step size (``--precision-lr``, :func:`niw_optimizer`). For the
+   diagnosis of the predictive, ``niw_plugin_*`` and ``niw_one_draw_*`` score the prediction of the mean
+   :math:`m_i` alone and of a single draw :math:`\\theta \\sim q_i` alone on the same episodes.
 
 The default budget (150 steps x 4 episodes, 4 x 16 conv) is sized for 2 shared CPU cores (17-28 minutes there, by load);
 ``--steps``, ``--episodes-per-step``, ``--channels``, ``--test-episodes`` scale it up on an accelerator.
-``--quick`` is a smoke run that writes nothing unless ``--out`` is given.
+``--quick`` is a smoke run that writes nothing unless ``--out`` is given; ``--shots 5`` runs one setting only.
 """
 
 from __future__ import annotations
@@ -109,9 +112,22 @@ def episode_bootstrap(probs, labels, episodes: int, *, draws: int = 1000, seed: 
     return out
 
 
+def niw_optimizer(lr: float, precision_lr: float):
+    r"""Adam with step size ``lr`` for the NIW's mean and ``precision_lr`` for its log-scale parameters
+    (:math:`\log\lambda`, :math:`\log v`, the dof parameter). Adam moves a parameter by at most about its step size
+    per step. With ``lr`` = 3e-3 for all parameters (the first runs), 150 steps bound these log-scale parameters to
+    a change of 0.45, and :math:`\log\lambda` and the dof parameter moved 92% and 94% of that bound: the ELBO was
+    not converged in them. With ``precision_lr`` = 0.1 they stop well inside the bound (:math:`\lambda` about 64,
+    :math:`\nu` about 8 at 5 shots)."""
+    labels = lambda q: NIW(mean="mean", log_kappa="precision", scale_param="precision", dof_param="precision",
+                           diagonal=q.diagonal)
+    return optax.multi_transform({"mean": optax.adam(lr), "precision": optax.adam(precision_lr)}, labels)
+
+
 def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episodes: int, channels: int, blocks: int,
-                   query: int = 3, test_query: int = 15, lr: float = 3e-3, inner_steps: int = 1,
-                   inner_lr: float = 0.4, samples: int = 32, seed: int = 0, say=print) -> dict:
+                   query: int = 3, test_query: int = 15, lr: float = 3e-3, precision_lr: float = 0.1,
+                   curvature: str = "fisher", inner_steps: int = 1, inner_lr: float = 0.4, samples: int = 32,
+                   seed: int = 0, say=print) -> dict:
     """Trains NIW (ProtoNet likelihood), ProtoNet and MAML with the same budget and evaluates them on the same
     ``test_episodes`` held-out episodes (``test_query`` queries per class). Per method: accuracy, ECE (15 bins),
     mean query NLL, with standard errors over episodes (ECE: bootstrap over episodes) and the paired differences
@@ -126,37 +142,55 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
     key = jax.random.key(seed)
     out, timing = {}, {}
 
-    def fit(name, objective, params):
+    def fit(name, objective, params, optimizer=None):
         t = time.perf_counter()
-        r = pplvi.fit(objective, params, data=batches, optimizer=optax.adam(lr), steps=steps, key=seed + 7,
-                      progress=False)
+        r = pplvi.fit(objective, params, data=batches, optimizer=optimizer or optax.adam(lr), steps=steps,
+                      key=seed + 7, progress=False)
         jax.block_until_ready(r.params)
         timing[name] = time.perf_counter() - t
         return r.params
 
     population = steps * episodes_per_step
     q, prior, unravel = F.init_niw(key, way=None, **net)
-    q = fit("niw", F.niw_protonet_elbo(unravel, prior, population, steps=inner_steps, lr=inner_lr), q)
+    q = fit("niw", F.niw_protonet_elbo(unravel, prior, population, steps=inner_steps, lr=inner_lr,
+                                       curvature=curvature), q, niw_optimizer(lr, precision_lr))
+    out["niw_dof"], out["niw_kappa"] = float(q.dof), float(q.kappa)
+    out["niw_prior_precision_median"] = float(jnp.median(q.mean_precision()))
     proto = fit("protonet", F.protonet_objective(5), F.init_convnet(key, way=None, **net))
     maml = fit("maml", F.maml_objective(inner_steps, inner_lr), F.init_convnet(key, **net))
 
     half = max(samples // 2, 1)  # two independent halves: their difference estimates the Monte Carlo error
-    niw_half = jax.jit(lambda k, a, b, c: F.niw_predict(k, q, unravel, a, b, c, samples=half, steps=inner_steps,
-                                                        lr=inner_lr, head="protonet"))
-    mc_err = []
+    ll, curv = F.protonet_log_likelihood(unravel, 5), F.protonet_curvature(unravel, 5, curvature)
+
+    @jax.jit
+    def niw_parts(k, a, b, c):
+        """niw_predict's posterior predictive, as two halves of its draws; and, for the diagnosis, the prediction
+        of the mean m_i alone (plug-in) and of one draw theta ~ q_i alone."""
+        k_noise, k_draw = jax.random.split(k)
+        m, v = local_posterior(q, ll, (a, b, a, b), steps=inner_steps, lr=inner_lr, curvature=curv,
+                               curvature_noise=F.curvature_uniforms(curv, a.shape[0], k_noise))
+        pred = lambda th: jax.nn.softmax(F.protonet_logits(unravel(th), a, b, c, 5))
+        draws = jax.vmap(lambda e: pred(m + jnp.sqrt(v) * e))(jax.random.normal(k_draw, (2 * half,) + m.shape))
+        return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0]
+
+    mc_err, other = [], {"niw_plugin": [], "niw_one_draw": []}
 
     def niw(k, a, b, c):
-        k1, k2 = jax.random.split(k)
-        p1, p2 = np.asarray(niw_half(k1, a, b, c)), np.asarray(niw_half(k2, a, b, c))
+        p1, p2, plug, one = (np.asarray(x) for x in niw_parts(k, a, b, c))
         p = 0.5 * (p1 + p2)
         top = p.argmax(1)
         mc_err.append(0.5 * np.abs(p1 - p2)[np.arange(len(top)), top])
+        other["niw_plugin"].append(plug)
+        other["niw_one_draw"].append(one)
         return p
 
     predictors = {
         "niw": niw,
         "protonet": jax.jit(lambda k, a, b, c: F.protonet_predict(proto, a, b, c, 5)),
         "maml": jax.jit(lambda k, a, b, c: F.maml_predict(maml, a, b, c, steps=inner_steps, lr=inner_lr)),
+        # diagnostics of the NIW predictive (filled by "niw" above): its mean alone, one draw alone
+        "niw_plugin": lambda k, a, b, c: other["niw_plugin"].pop(0),
+        "niw_one_draw": lambda k, a, b, c: other["niw_one_draw"].pop(0),
     }
     sx, sy, qx, qy = tests
     labels = qy.reshape(-1)
@@ -178,11 +212,11 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
         out[f"{name}_nll"] = float(nll.mean())
         out[f"{name}_nll_se"] = se(nll)
         out[f"{name}_mean_confidence"] = float(probs.max(1).mean())  # > acc: overconfident on average
-        out[f"{name}_train_seconds"] = timing[name]
+        out[f"{name}_train_seconds"] = timing.get(name, timing["niw"])
         out[f"{name}_test_seconds"] = time.perf_counter() - t
-        say(f"  {name:8s} acc {out[f'{name}_acc']:.3f} +- {out[f'{name}_acc_se']:.3f}  ECE {out[f'{name}_ece']:.3f} "
+        say(f"  {name:12s} acc {out[f'{name}_acc']:.3f} +- {out[f'{name}_acc_se']:.3f}  ECE {out[f'{name}_ece']:.3f} "
             f"+- {out[f'{name}_ece_se']:.3f}  NLL {out[f'{name}_nll']:.3f} +- {out[f'{name}_nll_se']:.3f}  (trained "
-            f"in {timing[name]:.0f} s)")
+            f"in {out[f'{name}_train_seconds']:.0f} s)")
     for metric in ("acc", "nll"):
         d = per_ep["niw"][metric] - per_ep["protonet"][metric]
         out[f"niw_minus_protonet_{metric}"] = float(d.mean())
@@ -199,23 +233,27 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
 
 def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 200, test_query: int = 15,
         samples: int = 32, channels: int = 16, blocks: int = 4, linreg_steps: int = 3000, seed: int = 0,
-        out: Path | None = RESULTS, command=None, say=print) -> dict:
+        shots=(1, 5), precision_lr: float = 0.1, curvature: str = "fisher", out: Path | None = RESULTS,
+        command=None, say=print) -> dict:
     t0 = time.perf_counter()
     say("1. hierarchical linear regression (quadratic approximation exact)")
     res = linreg_check(steps=linreg_steps, seed=seed, say=say)
     budget = {"steps": steps, "episodes_per_step": episodes_per_step, "test_episodes": test_episodes,
               "test_query_per_class": test_query, "niw_predictive_samples": samples, "channels": channels,
               "blocks": blocks, "query_per_class": 3, "inner_steps": 1, "inner_lr": 0.4, "optimizer": "adam 3e-3",
-              "niw_curvature": "per-image empirical Fisher (protonet_fisher)",
+              "niw_precision_lr": precision_lr,
+              "niw_curvature": {"fisher": "per-image empirical Fisher (protonet_fisher)",
+                                "expected_fisher": "Monte Carlo expected Fisher (protonet_expected_fisher, 8 label "
+                                                   "draws)"}[curvature],
               "train": "omniglot background_small1 + rotations", "test": "background_small2 " + ", ".join(HELD_OUT),
               "standard_errors": "acc, nll: over test episodes; ece: bootstrap over test episodes (1000 draws); "
                                  "niw_minus_protonet_*: paired (same episodes / same resamples)"}
-    for shot in (1, 5):
+    for shot in shots:
         say(f"2. Omniglot 5-way {shot}-shot: {steps} steps x {episodes_per_step} episodes, conv {blocks}x{channels}")
         res[f"omniglot_5w{shot}s"] = omniglot_check(shot, steps=steps, episodes_per_step=episodes_per_step,
                                                     test_episodes=test_episodes, test_query=test_query,
                                                     samples=samples, channels=channels, blocks=blocks, seed=seed,
-                                                    say=say)
+                                                    precision_lr=precision_lr, curvature=curvature, say=say)
     res.update({"omniglot_budget": budget, "jax": jax.__version__, "device": device_name(),
                 "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
                 "command": command or "python -m pplvi.models.niw_meta reproduce"})
@@ -238,12 +276,18 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--linreg-steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="the Omniglot settings (5-way K-shot)")
+    p.add_argument("--precision-lr", type=float, default=0.1,
+                   help="Adam step size of the NIW's log-scale parameters (the mean's is 3e-3)")
+    p.add_argument("--curvature", choices=["fisher", "expected_fisher"], default="fisher",
+                   help="the NIW local iterate's curvature (per-image empirical or Monte Carlo expected Fisher)")
     p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
     a = p.parse_args(argv)
     out = a.out if a.out is not None or a.quick else RESULTS
     if a.quick:
         a.steps, a.test_episodes, a.linreg_steps = min(a.steps, 20), min(a.test_episodes, 10), min(a.linreg_steps, 200)
     run(steps=a.steps, episodes_per_step=a.episodes_per_step, test_episodes=a.test_episodes, test_query=a.test_query,
-        samples=a.samples, channels=a.channels, blocks=a.blocks, linreg_steps=a.linreg_steps, seed=a.seed, out=out,
+        samples=a.samples, channels=a.channels, blocks=a.blocks, linreg_steps=a.linreg_steps, seed=a.seed,
+        shots=tuple(a.shots), precision_lr=a.precision_lr, curvature=a.curvature, out=out,
         command="python -m pplvi.models.niw_meta " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
