@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lookahead", type=float, default=None, help="default: one step, 1/steps")
     ap.add_argument("--candidates", default=None, help="comma-separated scales (default: "
                     + ",".join(f"{w:g}" for w in CANDIDATES) + ")")
+    ap.add_argument("--window", default=None, help="t_lo,t_hi: the rule chooses only there (scale 1 outside)")
+    ap.add_argument("--seed", type=int, default=0, help="prior-noise seed (0 is the committed evaluation set)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     candidates = tuple(float(w) for w in a.candidates.split(",")) if a.candidates else tuple(CANDIDATES)
@@ -58,13 +60,16 @@ def main(argv=None) -> int:
     ref_features = ev.features(test_x)
     n = 10 * per_class
     labels = jnp.repeat(jnp.arange(10, dtype=jnp.int32), per_class)
-    shape, key = (n, 1, 28, 28), jax.random.key(0)
+    shape, key = (n, 1, 28, 28), jax.random.key(a.seed)
+    window = tuple(float(v) for v in a.window.split(",")) if a.window else (0.0, 1.0)
     out = {"device": device_name(), "samples": n, "steps": steps, "sampler": "ddim", "model": "P.load('mnist')",
            "candidates": list(candidates), "fidelity_weight": a.fidelity_weight,
            "command": "python benchmarks/dynamic_cfg.py" + (" --quick" if a.quick else "")
            + (f" --fidelity-weight {a.fidelity_weight:g}" if a.fidelity_weight != 1.0 else "")
            + (f" --lookahead {a.lookahead:g}" if a.lookahead is not None else "")
-           + (f" --candidates {a.candidates}" if a.candidates else ""), "methods": []}
+           + (f" --candidates {a.candidates}" if a.candidates else "")
+           + (f" --window {a.window}" if a.window else "") + (f" --seed {a.seed}" if a.seed else ""),
+           "window": list(window), "seed": a.seed, "methods": []}
 
     def record(name, rule):
         t0 = time.time()
@@ -79,7 +84,8 @@ def main(argv=None) -> int:
     for w in statics:
         record(f"cfg w={w:g}", G.CFG(model, labels, w))
     dyn = DC.DynamicCFG(model, labels, alignment, fidelity, candidates, fidelity_weight=a.fidelity_weight,
-                        lookahead=a.lookahead if a.lookahead is not None else 1.0 / steps, record=steps)
+                        lookahead=a.lookahead if a.lookahead is not None else 1.0 / steps, record=steps,
+                        window=window)
     record("dynamic cfg", dyn)
     # the chosen scales: the samplers return no predictor state, so DDIM is re-run step by step here
     calls = len(D.samplers.uniform_times(model.schedule, steps))

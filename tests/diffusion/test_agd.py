@@ -30,7 +30,9 @@ def _squared_error(agd, data):
 
 
 def test_zero_adapter_is_the_conditional_model_exactly():
-    model = P.load("digits")
+    # a small random U-Net: exactness does not need a trained base
+    model = D.Diffusion(D.UNet(1, (8, 16), num_classes=10, key=jax.random.key(5), dim=32), D.CosineSchedule(),
+                        num_classes=10)
     x = jax.random.normal(jax.random.key(1), (4, 1, 8, 8))
     labels = jnp.array([0, 3, 7, 9])
     ref = np.asarray(model.eps(x, 0.4, labels))
@@ -84,16 +86,16 @@ def test_trainable_spec_covers_exactly_the_adapter_arrays():
 
 
 def test_feature_adapters_fit_cfg_better_than_the_conditioning_adapter():
-    """Same CFG states (frozen 8x8 digits U-Net, 300 states), same 60 Adam steps (batch 32), minibatches and
+    """Same CFG states (frozen 8x8 digits U-Net, 200 states), same 40 Adam steps (batch 32), minibatches and
     conditioning-adapter initialization: the feature adapters' regression error on the recorded states must fall
-    below half the conditioning-only adapter's (measured: 0.35 vs. 1.41, untrained 1.87)."""
+    below half the conditioning-only adapter's."""
     model = P.load("digits")
     labels = jnp.arange(10)
-    traj = A.cfg_trajectories(model, jax.random.key(1), labels, [1.0, 3.0, 5.0], (10, 1, 8, 8), steps=10)
+    traj = A.cfg_trajectories(model, jax.random.key(1), labels, [1.0, 5.0], (10, 1, 8, 8), steps=10)
     data = tuple(traj[k] for k in ("x_t", "t", "labels", "w", "target"))
     losses = {"zero": float(_squared_error(A.AGD(model, key=jax.random.key(0)), data))}
     for kind in ("conditioning", "features"):
-        agd = A.train_agd(model, traj, key=0, steps=60, batch_size=32, lr=3e-3, width=32, feature_width=32,
+        agd = A.train_agd(model, traj, key=0, steps=40, batch_size=32, lr=3e-3, width=32, feature_width=32,
                           adapters=kind)
         losses[kind] = float(_squared_error(agd, data))
     assert losses["conditioning"] < 0.9 * losses["zero"], losses
