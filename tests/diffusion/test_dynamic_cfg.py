@@ -118,3 +118,9 @@ def test_committed_results_contract():
     statics = [methods[f"cfg w={w:g}"] for w in res["candidates"]]
     dyn = methods["dynamic cfg"]
     assert res["dominated_by_static"] == any(_dominates(s, dyn) for s in statics)
+    # the committed run is the rule restricted to t <= 0.8 (chosen on a validation seed, docs/diffusion/dynamic_cfg.md)
+    # and no static scale dominates it; the first steps, outside the window, use w = 1
+    assert res["window"] == [0.0, 0.8] and res["seed"] == 0
+    assert not res["dominated_by_static"]
+    outside = [t > 0.8 for t in np.asarray(D.samplers.uniform_times(D.CosineSchedule(), res["steps"]))]
+    assert all(w == 1.0 for w, out in zip(res["dynamic_mean_scale_per_step"], outside) if out)
