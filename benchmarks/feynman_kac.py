@@ -117,11 +117,8 @@ def gaussian_part(n: int, steps: int) -> dict:
     m1, v1, m2, v2, w = jnp.array([0.0, 0.0]), 1.0, jnp.array([1.5, -0.5]), 0.6, 2.0
     g1 = D.GaussianMixture(jnp.ones(1), m1[None], v1 * jnp.eye(2)[None])
     g2 = D.GaussianMixture(jnp.ones(1), m2[None], v2 * jnp.eye(2)[None])
-    var = 1.0 / ((1 - w) / v1 + w / v2)
-    mu = var * ((1 - w) * m1 / v1 + w * m2 / v2)
-    log_z = float(jnp.sum((1 - w) * -0.5 * jnp.log(2 * jnp.pi * v1) + w * -0.5 * jnp.log(2 * jnp.pi * v2)
-                          + 0.5 * jnp.log(2 * jnp.pi * var) + 0.5 * mu**2 / var
-                          - 0.5 * ((1 - w) * m1**2 / v1 + w * m2**2 / v2)))
+    mu, var, log_z = D.analytic.geometric_gaussian(jnp.stack([m1, m2]), jnp.array([v1, v2]), jnp.array([1 - w, w]))
+    var, log_z = float(var), float(log_z)
     out = feynman_kac_sample(jax.random.key(2), [g1, g2], [1 - w, w], SCHED, (n, 2), steps)
     p = jnp.exp(out.log_weights)[:, None]
     mean = jnp.sum(p * out.particles, 0)

@@ -99,6 +99,32 @@ def gaussian_x0(x_t, t, schedule: Schedule, mean, cov):
     return mean + (x_t - a * mean) @ gain.T
 
 
+
+def geometric_gaussian(means, variances, weights):
+    r"""The geometric mix :math:`\prod_k \mathcal N(x; m_k, v_k I)^{c_k}` of isotropic Gaussians in closed form:
+    it is :math:`Z\,\mathcal N(\mu, V I)` with :math:`1/V = \sum_k c_k / v_k` (must be positive),
+    :math:`\mu = V \sum_k c_k m_k / v_k` and
+
+    .. math:: \log Z = \textstyle\sum_k c_k\big(-\tfrac d2 \log 2\pi v_k - \tfrac{|m_k|^2}{2 v_k}\big)
+              + \tfrac d2 \log 2\pi V + \tfrac{|\mu|^2}{2V}.
+
+    ``means`` ``(K, d)``, ``variances`` and ``weights`` ``(K,)``. Returns ``(mu, V, log Z)`` (the exact target and
+    normalizer of :func:`pplvi.diffusion.feynman_kac.feynman_kac_sample` for Gaussian models)."""
+    means, variances, weights = jnp.asarray(means), jnp.asarray(variances), jnp.asarray(weights)
+    if means.ndim != 2 or variances.shape != (means.shape[0],) or weights.shape != (means.shape[0],):
+        raise PPLVIError(f"geometric_gaussian: means (K, d), variances (K,), weights (K,); got {means.shape}, "
+                         f"{variances.shape}, {weights.shape}")
+    precision = jnp.sum(weights / variances)
+    if not bool(precision > 0):
+        raise PPLVIError(f"geometric_gaussian: sum_k c_k / v_k must be positive (a normalizable product), got "
+                         f"{float(precision)}")
+    d = means.shape[1]
+    var = 1.0 / precision
+    mu = var * jnp.sum((weights / variances)[:, None] * means, 0)
+    log_z = (jnp.sum(weights * (-0.5 * d * jnp.log(2 * jnp.pi * variances) - 0.5 * jnp.sum(means**2, 1) / variances))
+             + 0.5 * d * jnp.log(2 * jnp.pi * var) + 0.5 * jnp.sum(mu**2) / var)
+    return mu, var, log_z
+
 def energy_distance(x, y):
     r"""Energy distance :math:`2\mathbb E\|X - Y\| - \mathbb E\|X - X'\| - \mathbb E\|Y - Y'\|` between the
     empirical distributions of ``x (n, d)`` and ``y (m, d)`` (V-statistic; zero iff the distributions agree)."""

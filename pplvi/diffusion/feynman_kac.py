@@ -84,7 +84,7 @@ from jax.scipy.special import logsumexp
 from pplvi import PPLVIError
 from pplvi.diffusion.analytic import GaussianMixture
 from pplvi.diffusion.model import Diffusion
-from pplvi.diffusion.samplers import prior_sample, uniform_times
+from pplvi.diffusion.samplers import ancestral_step, prior_sample, uniform_times
 from pplvi.diffusion.schedules import Schedule
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -258,12 +258,9 @@ def feynman_kac_sample(key, models, weights, schedule: Schedule, shape, steps: i
         return x[idx], r[idx], log_w, log_z, ess, do
 
     def move(x, r, t, t_next, kz):
-        ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
+        ab_t = schedule.alpha_bar(t)
         x0 = (x + (1 - ab_t) * r) / jnp.sqrt(ab_t)  # Tweedie with the proposal score
-        a_ts2 = ab_t / ab_s
-        var_ts = (1 - ab_t) - a_ts2 * (1 - ab_s)
-        mean = jnp.sqrt(a_ts2) * (1 - ab_s) / (1 - ab_t) * x + jnp.sqrt(ab_s) * var_ts / (1 - ab_t) * x0
-        return mean + jnp.sqrt(var_ts * (1 - ab_s) / (1 - ab_t)) * jax.random.normal(kz, x.shape)
+        return ancestral_step(kz, x, x0, t, t_next, schedule)
 
     def run(key):
         k0, key = jax.random.split(key)  # the same noise stream as pplvi.diffusion.ddpm

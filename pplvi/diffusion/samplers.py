@@ -151,18 +151,23 @@ def ddim(key, pred, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0
     return _uniform_time_sampler("ddim", key, pred, schedule, shape, steps, x_init, transition)
 
 
+def ancestral_step(key, x, x0, t, s, schedule: Schedule):
+    r"""One ancestral step from time :math:`t` to :math:`s < t`: a draw of :math:`q(x_s \mid x_t, \hat x_0)`, the
+    Gaussian with mean :math:`\frac{a_{t|s} s_s^2}{s_t^2} x_t + \frac{a_s \sigma_{t|s}^2}{s_t^2}\hat x_0` and
+    variance :math:`\sigma_{t|s}^2 s_s^2 / s_t^2`, where :math:`a_{t|s} = a_t/a_s`, :math:`\sigma_{t|s}^2 = s_t^2
+    - a_{t|s}^2 s_s^2` (Kingma et al. 2021's notation)."""
+    ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+    a_ts2 = ab_t / ab_s
+    var_ts = (1 - ab_t) - a_ts2 * (1 - ab_s)
+    mean = jnp.sqrt(a_ts2) * (1 - ab_s) / (1 - ab_t) * x + jnp.sqrt(ab_s) * var_ts / (1 - ab_t) * x0
+    return mean + jnp.sqrt(var_ts * (1 - ab_s) / (1 - ab_t)) * jax.random.normal(key, x.shape)
+
+
 def ddpm(key, pred, schedule: Schedule, shape, steps: int = 1000, x_init=None) -> Samples:
-    r"""Ancestral sampling: :math:`x_s \sim q(x_s \mid x_t, \hat x_0)`, the Gaussian with mean
-    :math:`\frac{a_{t|s} s_s^2}{s_t^2} x_t + \frac{a_s \sigma_{t|s}^2}{s_t^2}\hat x_0` and variance
-    :math:`\sigma_{t|s}^2 s_s^2 / s_t^2`, where :math:`a_{t|s} = a_t/a_s`, :math:`\sigma_{t|s}^2 = s_t^2 -
-    a_{t|s}^2 s_s^2` (Kingma et al. 2021's notation). The last step returns :math:`\hat x_0`."""
+    r"""Ancestral sampling (:func:`ancestral_step` at every step); the last step returns :math:`\hat x_0`."""
 
     def transition(x, x0, eps, t, s, k):
-        ab_t, ab_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
-        a_ts2 = ab_t / ab_s
-        var_ts = (1 - ab_t) - a_ts2 * (1 - ab_s)
-        mean = jnp.sqrt(a_ts2) * (1 - ab_s) / (1 - ab_t) * x + jnp.sqrt(ab_s) * var_ts / (1 - ab_t) * x0
-        return mean + jnp.sqrt(var_ts * (1 - ab_s) / (1 - ab_t)) * jax.random.normal(k, x.shape)
+        return ancestral_step(k, x, x0, t, s, schedule)
 
     return _uniform_time_sampler("ddpm", key, pred, schedule, shape, steps, x_init, transition)
 

@@ -90,6 +90,24 @@ def test_a_true_noised_marginal_needs_no_correction():
     assert np.array_equal(np.asarray(out.resampled), np.arange(steps) == steps - 1)  # only the final resampling
 
 
+
+def test_geometric_gaussian_closed_form_against_quadrature():
+    # the reference used below, checked independently: log of the integral and the moments of prod_k N^c_k on a
+    # fine 2-D grid (midpoint rule, the density is negligible outside +-8)
+    means, variances, weights = jnp.array([[0.0, 0.0], [1.5, -0.5]]), jnp.array([1.0, 0.6]), jnp.array([-1.0, 2.0])
+    mu, var, log_z = D.analytic.geometric_gaussian(means, variances, weights)
+    with jax.enable_x64(True):
+        g = jnp.linspace(-8.0, 8.0, 801)
+        x = jnp.stack(jnp.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+        terms = zip(np.asarray(means, float), np.asarray(variances, float), np.asarray(weights, float))
+        logp = sum(c * jnp.sum(-0.5 * jnp.log(2 * jnp.pi * v) - 0.5 * (x - m) ** 2 / v, -1) for m, v, c in terms)
+        cell = float(g[1] - g[0]) ** 2
+        z = jnp.sum(jnp.exp(logp)) * cell
+        mean = jnp.sum(jnp.exp(logp)[:, None] * x, 0) * cell / z
+    assert float(jnp.log(z)) == pytest.approx(float(log_z), abs=1e-5)
+    np.testing.assert_allclose(mean, mu, atol=1e-5)
+    assert float(var) == pytest.approx(1.0 / (-1.0 / 1.0 + 2.0 / 0.6))
+
 def test_geometric_mix_of_two_gaussians_has_the_known_moments_and_normalizer():
     # N(m1, v1 I)^(1-w) N(m2, v2 I)^w at w = 2 is N(mu, V I) with 1/V = (1-w)/v1 + w/v2, mu = V((1-w)m1/v1 +
     # w m2/v2), and a closed-form normalizer. 400 steps: at 100 the DDPM
@@ -98,11 +116,8 @@ def test_geometric_mix_of_two_gaussians_has_the_known_moments_and_normalizer():
     m1, v1, m2, v2 = jnp.array([0.0, 0.0]), 1.0, jnp.array([1.5, -0.5]), 0.6
     g1 = isotropic_mixture_eps(D.GaussianMixture(jnp.ones(1), m1[None], v1 * jnp.eye(2)[None]), v1)
     g2 = isotropic_mixture_eps(D.GaussianMixture(jnp.ones(1), m2[None], v2 * jnp.eye(2)[None]), v2)
-    var = 1.0 / ((1 - w) / v1 + w / v2)
-    mu = var * ((1 - w) * m1 / v1 + w * m2 / v2)
-    log_z = float(jnp.sum((1 - w) * -0.5 * jnp.log(2 * jnp.pi * v1) + w * -0.5 * jnp.log(2 * jnp.pi * v2)
-                          + 0.5 * jnp.log(2 * jnp.pi * var) + 0.5 * mu**2 / var
-                          - 0.5 * ((1 - w) * m1**2 / v1 + w * m2**2 / v2)))
+    mu, var, log_z = D.analytic.geometric_gaussian(jnp.stack([m1, m2]), jnp.array([v1, v2]), jnp.array([1 - w, w]))
+    var, log_z = float(var), float(log_z)
     out = feynman_kac_sample(jax.random.key(2), [g1, g2], [1 - w, w], SCHED, (n, 2), steps)
     p = jnp.exp(out.log_weights)[:, None]
     mean = jnp.sum(p * out.particles, 0)

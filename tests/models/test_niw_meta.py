@@ -187,14 +187,21 @@ def test_vmapped_empirical_fisher_equals_the_jacobian_one():
                                    rtol=1e-12)
 
 
+def near_identical_support(seed, key, way, shot, size, spread):
+    """A support set of near-identical images (``spread`` around one random image; ProtoNet's softmax is not
+    saturated, so its gradients are far from zero), labels ``shot`` per class, and a flat tiny ProtoNet embedding
+    with its unravel (call inside ``jax.enable_x64`` for float64)."""
+    rng = np.random.default_rng(seed)
+    sx = jnp.asarray(rng.random((1, size, size)) + spread * rng.normal(size=(way * shot, size, size)))
+    sy = jnp.repeat(jnp.arange(way), shot)
+    flat, unravel = ravel_pytree(N.init_convnet(jax.random.key(key), way=None, channels=2, blocks=1))
+    return sx, sy, flat, unravel
+
+
 def test_protonet_fisher_squares_per_image_contributions_that_sum_to_the_gradient():
-    rng = np.random.default_rng(4)
     way, shot = 3, 2
     with jax.enable_x64(True):
-        # near-identical images: ProtoNet's softmax is not saturated, so the gradients are far from zero
-        sx = jnp.asarray(rng.random((1, 28, 28)) + 0.02 * rng.normal(size=(way * shot, 28, 28)))
-        sy = jnp.repeat(jnp.arange(way), shot)
-        flat, unravel = ravel_pytree(N.init_convnet(jax.random.key(3), way=None, channels=2, blocks=1))
+        sx, sy, flat, unravel = near_identical_support(4, 3, way, shot, 28, 0.02)
         ll = N.protonet_log_likelihood(unravel, way)
 
         def total_with_one_image_live(theta, m):  # only image m's embedding depends on theta
@@ -251,12 +258,9 @@ def test_expected_fisher_diagonal_is_the_gauss_newton_diagonal():
 def test_protonet_expected_fisher_is_unbiased_for_the_gauss_newton_diagonal():
     """Monte Carlo over model-drawn labels: the mean of 4000 draws of s^2 against the dense diag J^T H J of the
     support-as-query logits, every coordinate within 5 standard errors (SE from 20 batch means of 200 draws)."""
-    rng = np.random.default_rng(6)
     way, shot = 3, 2
     with jax.enable_x64(True):
-        sx = jnp.asarray(rng.random((1, 8, 8)) + 0.05 * rng.normal(size=(way * shot, 8, 8)))
-        sy = jnp.repeat(jnp.arange(way), shot)
-        flat, unravel = ravel_pytree(N.init_convnet(jax.random.key(6), way=None, channels=2, blocks=1))
+        sx, sy, flat, unravel = near_identical_support(6, 6, way, shot, 8, 0.05)
         ref = dense_gauss_newton_diagonal(
             lambda th: N.protonet_logits(unravel(th), sx, sy, sx, way), flat)
         curvature = N.protonet_expected_fisher(unravel, way, samples=200)
