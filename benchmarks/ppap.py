@@ -5,6 +5,11 @@ trained the same way, both distilled data-free from the clean guide classifier.
                                          # adds the PPAP rows to benchmarks/results/guidance.json's "methods"
     python benchmarks/ppap.py --quick    # tiny sizes, out/ppap_quick.json (smoke test)
 
+    # the replicate sweep (adapter rank x training seed; rank 8 / seed 3 is the run above), then its summary,
+    # written into benchmarks/results/ppap.json as "replicates":
+    python benchmarks/ppap.py --rank R --train-seed S --out benchmarks/results/ppap_sweep/rankR_seedS.json
+    python benchmarks/ppap.py --summarize benchmarks/results/ppap_sweep/*.json
+
 Pipeline (:mod:`pplvi.diffusion.ppap`): ``--generated`` unconditional samples of the diffusion model (DDIM, 25
 steps; no labels, no training images) are the transfer set; the clean guide classifier's probabilities on them are
 the targets. Guides, all LoRA adapters (rank ``--rank``) on the frozen clean classifier, trained by
@@ -17,7 +22,7 @@ the targets. Guides, all LoRA adapters (rank ``--rank``) on the frozen clean cla
 
 Measured: held-out distillation cross-entropy to the teacher at t in {0.1, ..., 0.9} (fresh generated samples), and
 classifier-guided sampling of the *unconditional* model (:class:`pplvi.diffusion.ppap.ClassifierGuidance`, DDIM 25
-steps, 50 samples per class, the same prior noise for every guide): accuracy of the independent evaluator against
+steps, 300 samples per class, the same prior noise for every guide): accuracy of the independent evaluator against
 the requested class (with its binomial standard error), Fréchet distance of evaluator features to the MNIST test
 set, saturation, NFE and seconds per sample.
 """
@@ -53,6 +58,44 @@ def generate(model, n: int, key, steps: int = 25, batch: int = 500):
     return jnp.concatenate([fn(k) for k in keys])[:n]
 
 
+def summarize(paths, out: Path = RESULTS / "ppap.json") -> int:
+    """Pools replicate runs (different adapter ranks and training seeds): per run, the experts' accuracy advantage
+    at equal Frechet distance and the best accuracies; pooled, their mean with the standard error *between runs*
+    (so training-seed variation counts, not only the sampling error), how many runs favour the experts, and at how
+    many noise levels the experts' held-out distillation loss is lower."""
+    runs = []
+    for p in paths:
+        r = json.loads(p.read_text())
+        best = r["best_accuracy"]
+        row = {"file": p.name, "rank": r["config"]["rank"], "train_seed": r["config"].get("train_seed", 3),
+               "samples": r["config"]["samples"], "best_accuracy_experts": best["experts"]["accuracy"]}
+        for other in ("single", "single (equal compute)"):
+            adv = r["experts_advantage_at_equal_frechet"][other]
+            row[f"advantage_vs_{other}"], row[f"advantage_vs_{other}_se"] = adv["mean"], adv["se"]
+            row[f"best_accuracy_{other}"] = best[other]["accuracy"]
+            ce = r["heldout_cross_entropy"]
+            row[f"heldout_ce_lower_vs_{other}"] = int(sum(e < o for e, o in zip(ce["experts"], ce[other])))
+        runs.append(row)
+    pooled = {}
+    for other in ("single", "single (equal compute)"):
+        adv = np.array([r[f"advantage_vs_{other}"] for r in runs])
+        best = np.array([r["best_accuracy_experts"] - r[f"best_accuracy_{other}"] for r in runs])
+        se = lambda v: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+        pooled[other] = {
+            "advantage_at_equal_frechet": float(adv.mean()), "advantage_at_equal_frechet_se": se(adv),
+            "runs_favouring_experts": int((adv > 0).sum()),
+            "best_accuracy_difference": float(best.mean()), "best_accuracy_difference_se": se(best),
+            "runs_with_higher_best_accuracy": int((best > 0).sum()),
+            "runs_with_lower_heldout_ce_at_every_t": int(sum(r[f"heldout_ce_lower_vs_{other}"] == 5 for r in runs)),
+        }
+    res = json.loads(out.read_text())
+    res["replicates"] = {"runs": runs, "pooled": pooled, "command": "python benchmarks/ppap.py --summarize "
+                         + " ".join(str(p) for p in paths)}
+    write_json(out, res)
+    print(json.dumps(res["replicates"], indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/ppap.py")
     ap.add_argument("--quick", action="store_true")
@@ -60,10 +103,15 @@ def main(argv=None) -> int:
     ap.add_argument("--experts", type=int, default=5)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--per-class", type=int, default=50)
-    ap.add_argument("--scales", default="1,2,3,5,8")
+    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--scales", default="1,1.5,2,2.5,3,4,5,6,8")
+    ap.add_argument("--train-seed", type=int, default=3, help="the adapters' initialization and minibatch seed")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--summarize", nargs="+", metavar="RUN_JSON",
+                    help="summarize finished runs (one per rank / seed) into benchmarks/results/ppap.json")
     a = ap.parse_args(argv)
+    if a.summarize:
+        return summarize([Path(p) for p in a.summarize])
     if a.quick:
         a.generated, a.steps, a.per_class, a.experts = 200, 30, 2, 2
     out_path = Path(a.out) if a.out else (Path("out") / "ppap_quick.json" if a.quick else RESULTS / "ppap.json")
@@ -88,7 +136,8 @@ def main(argv=None) -> int:
     for name, n_exp, steps in [("experts", a.experts, a.steps), ("single", 1, a.steps),
                                ("single (equal compute)", 1, a.experts * a.steps)]:
         t1 = time.time()
-        guides[name] = PP.train_experts(base, x0, probs, sched, n_experts=n_exp, rank=a.rank, steps=steps, key=3)
+        guides[name] = PP.train_experts(base, x0, probs, sched, n_experts=n_exp, rank=a.rank, steps=steps,
+                                        key=a.train_seed)
         train_seconds[name] = round(time.time() - t1, 1)
         print(f"{name}: trained in {train_seconds[name]}s", flush=True)
     guides["clean classifier"] = PP.GuidanceExperts([base], PP.time_edges(1, sched.t_min))
@@ -103,8 +152,10 @@ def main(argv=None) -> int:
     labels = jnp.repeat(jnp.arange(10, dtype=jnp.int32), a.per_class)
     shape, key = (n, 1, 28, 28), jax.random.key(0)
     result = {
-        "device": device_name(), "command": "python benchmarks/ppap.py" + (" --quick" if a.quick else ""),
+        "device": device_name(),
+        "command": " ".join(["python benchmarks/ppap.py", *(sys.argv[1:] if argv is None else argv)]),
         "config": {"generated": int(len(x0)), "experts": a.experts, "rank": a.rank, "steps": a.steps,
+                   "train_seed": a.train_seed,
                    "samples": n, "sampler": "ddim", "sampling_steps": steps_sample, "scales": scales,
                    "adapter_parameters_per_expert": PP.count_adapter_parameters(guides["experts"].nets[0]),
                    "classifier_parameters": int(sum(np.size(v) for v in jax.tree.leaves(base)))},
@@ -142,16 +193,39 @@ def main(argv=None) -> int:
         rows = sorted((r for r in result["methods"] if r.get("guide") == guide), key=lambda r: r["frechet"])
         return np.array([r["frechet"] for r in rows]), np.array([r["accuracy"] for r in rows])
 
-    result["experts_vs_single"] = []
+    def at_frechet(guide, frechet):
+        """The guide's accuracy interpolated at ``frechet`` along its scale sweep, with its binomial standard error
+        (the two bracketing points' errors, weighted as the interpolation weights them); None outside the sweep."""
+        f, acc = curve(guide)
+        if not f[0] <= frechet <= f[-1]:
+            return None, None
+        j = int(np.clip(np.searchsorted(f, frechet), 1, len(f) - 1))
+        lam = (frechet - f[j - 1]) / max(f[j] - f[j - 1], 1e-12)
+        se2 = ((1 - lam) ** 2 * acc[j - 1] * (1 - acc[j - 1]) + lam ** 2 * acc[j] * (1 - acc[j])) / n
+        return float((1 - lam) * acc[j - 1] + lam * acc[j]), float(np.sqrt(se2))
+
+    result["experts_vs_single"], summary = [], {}
     for r in (r for r in result["methods"] if r.get("guide") == "experts"):
         row = {"w": r["w"], "experts_accuracy": r["accuracy"], "experts_frechet": r["frechet"]}
         for other in ("single", "single (equal compute)"):
-            f, acc = curve(other)
-            inside = bool(f[0] <= r["frechet"] <= f[-1])
-            row[f"{other} accuracy at equal frechet"] = float(np.interp(r["frechet"], f, acc)) if inside else None
+            acc, se = at_frechet(other, r["frechet"])
+            row[f"{other} accuracy at equal frechet"] = acc
+            row[f"{other} accuracy at equal frechet se"] = se
             same_w = next(o for o in result["methods"] if o.get("guide") == other and o["w"] == r["w"])
             row[f"{other} accuracy at equal w"] = same_w["accuracy"]
+            if acc is not None:
+                summary.setdefault(other, []).append((r["accuracy"] - acc, r["accuracy_se"] ** 2 + se ** 2))
         result["experts_vs_single"].append(row)
+    # One number per comparison: the experts' accuracy advantage at equal Frechet distance, averaged over the
+    # experts' scale points inside the other guide's sweep (se: the points' binomial errors, taken independent);
+    # and each guide's best accuracy over the common scale grid.
+    result["experts_advantage_at_equal_frechet"] = {
+        other: {"mean": float(np.mean([d for d, _ in v])), "se": float(np.sqrt(sum(s2 for _, s2 in v)) / len(v)),
+                "points": len(v)} for other, v in summary.items()}
+    result["best_accuracy"] = {
+        g: max(({"accuracy": r["accuracy"], "se": r["accuracy_se"], "w": r["w"], "frechet": r["frechet"]}
+                for r in result["methods"] if r.get("guide") == g), key=lambda b: b["accuracy"])
+        for g in guides}
     write_json(out_path, result)
     if not a.quick and a.out is None:  # the guidance toolkit's results list every method
         g_path = RESULTS / "guidance.json"
@@ -160,7 +234,8 @@ def main(argv=None) -> int:
         g["methods"] += [dict(r, source="benchmarks/ppap.py", device=result["device"]) for r in result["methods"]
                          if r["method"].startswith("ppap ")]
         write_json(g_path, g)
-    print(json.dumps(result["experts_vs_single"], indent=1))
+    print(json.dumps({k: result[k] for k in ("experts_vs_single", "experts_advantage_at_equal_frechet",
+                                             "best_accuracy")}, indent=1))
     return 0
 
 

@@ -128,18 +128,21 @@ def niw_predict(key, q: NIW, unravel, sx, sy, qx, *, samples: int = 10, steps: i
     ``fisher_samples`` label draws for ProtoNet's, :func:`protonet_expected_fisher`), or anything
     :func:`~pplvi.models.niw_meta.local_posterior` takes; use the one the model was trained with.
     ``rule="mean"``: the softmax at the mean :math:`m_i` alone (plug-in; ``samples`` unused) instead of the
-    average over draws. The ELBO's likelihood term :math:`\mathbb E_{q_i}\log p` scores single draws, not their
-    average, so with :math:`q_i` close to the prior the average of disagreeing draws is underconfident (see
-    ``docs/models/niw_meta.md``)."""
-    if rule not in ("average", "mean"):
-        raise pplvi.PPLVIError(f'rule must be "average" or "mean", got {rule!r}')
+    average over draws. ``rule="linearized"``: the average over draws of the softmax of the network linearized at
+    :math:`m_i`, :math:`f(x; m_i) + J_f(x; m_i)(\theta_s - m_i)` (one ``jax.jvp`` per draw): the GLM predictive of
+    Immer, Korzepa & Bauer (AISTATS 2021), which keeps the posterior's logit uncertainty but not the distortions
+    of weight noise passed through the nonlinear network. The ELBO's likelihood term
+    :math:`\mathbb E_{q_i}\log p` scores single draws, not their average, so with :math:`q_i` close to the prior
+    the average of disagreeing draws is underconfident (see ``docs/models/niw_meta.md``)."""
+    if rule not in ("average", "mean", "linearized"):
+        raise pplvi.PPLVIError(f'rule must be "average", "mean" or "linearized", got {rule!r}')
     if head == "linear":
         ll, data = categorical_log_likelihood(unravel), (sx, sy)
-        predict = lambda params: jax.nn.softmax(convnet_apply(params, qx))
+        logits = lambda params: convnet_apply(params, qx)
         curvature = categorical_expected_fisher(unravel) if curvature == "expected_fisher" else curvature
     elif head == "protonet":
         ll, data = protonet_log_likelihood(unravel, way), (sx, sy, sx, sy)
-        predict = lambda params: jax.nn.softmax(protonet_logits(params, sx, sy, qx, way))
+        logits = lambda params: protonet_logits(params, sx, sy, qx, way)
         curvature = protonet_curvature(unravel, way, curvature, fisher_samples)
     else:
         raise pplvi.PPLVIError(f'head must be "linear" or "protonet", got {head!r}')
@@ -148,11 +151,20 @@ def niw_predict(key, q: NIW, unravel, sx, sy, qx, *, samples: int = 10, steps: i
     key, noise_key = jax.random.split(key)
     noise = curvature_uniforms(curvature, sx.shape[0], noise_key)
     m, v = local_posterior(q, ll, data, steps=steps, lr=lr, curvature=curvature, curvature_noise=noise)
+    return posterior_predictive(key, lambda th: logits(unravel(th)), m, v, samples, rule)
+
+
+def posterior_predictive(key, logits, m, v, samples: int, rule: str = "average"):
+    r"""Class probabilities under the diagonal Gaussian :math:`\mathcal N(m, \mathrm{diag}\,v)` over the flat
+    weights of ``logits(theta)``: the mean over ``samples`` draws of the softmax (``"average"``), of the softmax of
+    the network linearized at ``m`` (``"linearized"``), or the softmax at ``m`` (``"mean"``)."""
     if rule == "mean":
-        return predict(unravel(m))
-    eps = jax.random.normal(key, (samples,) + m.shape)
-    thetas = m + jnp.sqrt(v) * eps
-    return jnp.mean(jax.vmap(lambda th: predict(unravel(th)))(thetas), axis=0)
+        return jax.nn.softmax(logits(m))
+    deltas = jnp.sqrt(v) * jax.random.normal(key, (samples,) + m.shape)
+    if rule == "linearized":
+        f_m, jvp = jax.linearize(logits, m)
+        return jnp.mean(jax.vmap(lambda d: jax.nn.softmax(f_m + jvp(d)))(deltas), axis=0)
+    return jnp.mean(jax.vmap(lambda d: jax.nn.softmax(logits(m + d)))(deltas), axis=0)
 
 
 def protonet_log_likelihood(unravel, way: int):
@@ -268,7 +280,7 @@ def curvature_uniforms(curvature, n: int, key=None):
 
 
 def niw_protonet_elbo(unravel, prior: NIW, num_episodes: int, *, way: int = 5, steps: int = 1, lr: float = 0.4,
-                      curvature="fisher", fisher_samples: int = 8) -> pplvi.Objective:
+                      curvature="fisher", fisher_samples: int = 8, predictive_samples: int = 1) -> pplvi.Objective:
     r"""The NIW ELBO with ProtoNet's likelihood: :math:`\theta_i` are the embedding weights of episode :math:`i`,
     :math:`p(D_i \mid \theta_i) = \prod_{\text{query}} p(y \mid x, S_i, \theta_i)` (prototypes from the support
     :math:`S_i`). :math:`q_i` comes from the one-time local iterate on the support set used as its own query set;
@@ -276,9 +288,31 @@ def niw_protonet_elbo(unravel, prior: NIW, num_episodes: int, *, way: int = 5, s
     ``curvature="fisher"`` (default): the per-image empirical Fisher of :func:`protonet_fisher` (this likelihood
     does not factorize over examples); ``"expected_fisher"``: the Monte Carlo expected Fisher of
     :func:`protonet_expected_fisher` (``fisher_samples`` label draws, the uniforms a random choice
-    ``"curvature_noise"``: any :math:`q_i` gives a bound, so a randomized one gives one in expectation)."""
+    ``"curvature_noise"``: any :math:`q_i` gives a bound, so a randomized one gives one in expectation).
+
+    ``predictive_samples`` :math:`K > 1` scores each query by the log of the Monte Carlo posterior predictive,
+    :math:`\log \frac1K \sum_k p(y \mid x, S_i, \theta_k)` with :math:`\theta_{1..K} \sim q_i` drawn at
+    ``"theta"`` (shape ``(K, d)``), in place of :math:`\log p(y \mid x, S_i, \theta)` for one draw: the
+    predictive training of ML-PIP / VERSA (Gordon et al., ICLR 2019), which fits the average over draws that
+    :func:`niw_predict` returns rather than single draws. By Jensen's inequality the term is at least the
+    single-draw one in expectation, and it tends to :math:`\log \mathbb E_{q_i} p(y \mid x, S_i, \theta)` as
+    :math:`K` grows. :math:`K = 1` is the paper's ELBO exactly. With ``"theta"`` reparameterized the gradient is
+    unbiased for the :math:`K`-sample objective."""
+    if not (isinstance(predictive_samples, int) and predictive_samples >= 1):
+        raise pplvi.PPLVIError(f"predictive_samples must be a positive integer, got {predictive_samples!r}")
     ll = protonet_log_likelihood(unravel, way)
     curvature = protonet_curvature(unravel, way, curvature, fisher_samples)
+    k = predictive_samples
+
+    def query_log_likelihood(q, m_i, v_i, data):
+        if k == 1:
+            return jnp.sum(ll(sample_theta(m_i, v_i, q.diagonal), data))
+        if not q.diagonal:
+            raise pplvi.PPLVIError("predictive_samples > 1 needs a diagonal NIW (deep networks), got a full one")
+        thetas = pplvi.sample("theta", dist.Normal(m_i, jnp.sqrt(v_i)).expand((k,) + m_i.shape).to_event(2),
+                              estimator=pplvi.reparam)
+        logp = jax.vmap(lambda th: ll(th, data))(thetas)  # (K, n_query)
+        return jnp.sum(jax.nn.logsumexp(logp, axis=0) - math.log(k))
 
     @pplvi.objective
     def niw_protonet(q, sx, sy, qx, qy):
@@ -288,8 +322,8 @@ def niw_protonet_elbo(unravel, prior: NIW, num_episodes: int, *, way: int = 5, s
             noise = curvature_uniforms(curvature, a.shape[0])
             m_i, v_i = local_posterior(q, ll, (a, b, a, b), steps=steps, lr=lr, curvature=curvature,
                                        curvature_noise=noise)
-            theta = sample_theta(m_i, v_i, q.diagonal)
-            return pplvi.add_cost((jnp.sum(ll(theta, (a, b, c, d))) - expected_gaussian_kl(q, m_i, v_i)) / n_ep)
+            return pplvi.add_cost((query_log_likelihood(q, m_i, v_i, (a, b, c, d)) - expected_gaussian_kl(q, m_i, v_i))
+                                  / n_ep)
 
         jax.vmap(episode)(sx, sy, qx, qy)
         return -niw_kl(q, prior) / num_episodes

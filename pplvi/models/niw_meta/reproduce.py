@@ -127,7 +127,7 @@ def niw_optimizer(lr: float, precision_lr: float):
 def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episodes: int, channels: int, blocks: int,
                    query: int = 3, test_query: int = 15, lr: float = 3e-3, precision_lr: float = 0.1,
                    curvature: str = "fisher", inner_steps: int = 1, inner_lr: float = 0.4, samples: int = 32,
-                   seed: int = 0, say=print) -> dict:
+                   predictive_samples: int = 1, seed: int = 0, say=print) -> dict:
     """Trains NIW (ProtoNet likelihood), ProtoNet and MAML with the same budget and evaluates them on the same
     ``test_episodes`` held-out episodes (``test_query`` queries per class). Per method: accuracy, ECE (15 bins),
     mean query NLL, with standard errors over episodes (ECE: bootstrap over episodes) and the paired differences
@@ -153,7 +153,8 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
     population = steps * episodes_per_step
     q, prior, unravel = F.init_niw(key, way=None, **net)
     q = fit("niw", F.niw_protonet_elbo(unravel, prior, population, steps=inner_steps, lr=inner_lr,
-                                       curvature=curvature), q, niw_optimizer(lr, precision_lr))
+                                       curvature=curvature, predictive_samples=predictive_samples),
+          q, niw_optimizer(lr, precision_lr))
     out["niw_dof"], out["niw_kappa"] = float(q.dof), float(q.kappa)
     out["niw_prior_precision_median"] = float(jnp.median(q.mean_precision()))
     proto = fit("protonet", F.protonet_objective(5), F.init_convnet(key, way=None, **net))
@@ -165,23 +166,26 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
     @jax.jit
     def niw_parts(k, a, b, c):
         """niw_predict's posterior predictive, as two halves of its draws; and, for the diagnosis, the prediction
-        of the mean m_i alone (plug-in) and of one draw theta ~ q_i alone."""
+        of the mean m_i alone (plug-in), of one draw theta ~ q_i alone, and the linearized (GLM) predictive."""
         k_noise, k_draw = jax.random.split(k)
         m, v = local_posterior(q, ll, (a, b, a, b), steps=inner_steps, lr=inner_lr, curvature=curv,
                                curvature_noise=F.curvature_uniforms(curv, a.shape[0], k_noise))
-        pred = lambda th: jax.nn.softmax(F.protonet_logits(unravel(th), a, b, c, 5))
+        logits = lambda th: F.protonet_logits(unravel(th), a, b, c, 5)
+        pred = lambda th: jax.nn.softmax(logits(th))
         draws = jax.vmap(lambda e: pred(m + jnp.sqrt(v) * e))(jax.random.normal(k_draw, (2 * half,) + m.shape))
-        return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0]
+        linearized = F.posterior_predictive(k_draw, logits, m, v, 2 * half, "linearized")
+        return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0], linearized
 
-    mc_err, other = [], {"niw_plugin": [], "niw_one_draw": []}
+    mc_err, other = [], {"niw_plugin": [], "niw_one_draw": [], "niw_linearized": []}
 
     def niw(k, a, b, c):
-        p1, p2, plug, one = (np.asarray(x) for x in niw_parts(k, a, b, c))
+        p1, p2, plug, one, lin = (np.asarray(x) for x in niw_parts(k, a, b, c))
         p = 0.5 * (p1 + p2)
         top = p.argmax(1)
         mc_err.append(0.5 * np.abs(p1 - p2)[np.arange(len(top)), top])
         other["niw_plugin"].append(plug)
         other["niw_one_draw"].append(one)
+        other["niw_linearized"].append(lin)
         return p
 
     predictors = {
@@ -191,6 +195,7 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
         # diagnostics of the NIW predictive (filled by "niw" above): its mean alone, one draw alone
         "niw_plugin": lambda k, a, b, c: other["niw_plugin"].pop(0),
         "niw_one_draw": lambda k, a, b, c: other["niw_one_draw"].pop(0),
+        "niw_linearized": lambda k, a, b, c: other["niw_linearized"].pop(0),
     }
     sx, sy, qx, qy = tests
     labels = qy.reshape(-1)
@@ -233,7 +238,8 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
 
 def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 200, test_query: int = 15,
         samples: int = 32, channels: int = 16, blocks: int = 4, linreg_steps: int = 3000, seed: int = 0,
-        shots=(1, 5), precision_lr: float = 0.1, curvature: str = "fisher", out: Path | None = RESULTS,
+        shots=(1, 5), precision_lr: float = 0.1, curvature: str = "fisher", predictive_samples: int = 1,
+        out: Path | None = RESULTS,
         command=None, say=print) -> dict:
     t0 = time.perf_counter()
     say("1. hierarchical linear regression (quadratic approximation exact)")
@@ -241,7 +247,7 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
     budget = {"steps": steps, "episodes_per_step": episodes_per_step, "test_episodes": test_episodes,
               "test_query_per_class": test_query, "niw_predictive_samples": samples, "channels": channels,
               "blocks": blocks, "query_per_class": 3, "inner_steps": 1, "inner_lr": 0.4, "optimizer": "adam 3e-3",
-              "niw_precision_lr": precision_lr,
+              "niw_precision_lr": precision_lr, "niw_training_predictive_samples": predictive_samples,
               "niw_curvature": {"fisher": "per-image empirical Fisher (protonet_fisher)",
                                 "expected_fisher": "Monte Carlo expected Fisher (protonet_expected_fisher, 8 label "
                                                    "draws)"}[curvature],
@@ -253,7 +259,8 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
         res[f"omniglot_5w{shot}s"] = omniglot_check(shot, steps=steps, episodes_per_step=episodes_per_step,
                                                     test_episodes=test_episodes, test_query=test_query,
                                                     samples=samples, channels=channels, blocks=blocks, seed=seed,
-                                                    precision_lr=precision_lr, curvature=curvature, say=say)
+                                                    precision_lr=precision_lr, curvature=curvature,
+                                                    predictive_samples=predictive_samples, say=say)
     res.update({"omniglot_budget": budget, "jax": jax.__version__, "device": device_name(),
                 "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
                 "command": command or "python -m pplvi.models.niw_meta reproduce"})
@@ -281,6 +288,8 @@ def main(argv=None) -> int:
                    help="Adam step size of the NIW's log-scale parameters (the mean's is 3e-3)")
     p.add_argument("--curvature", choices=["fisher", "expected_fisher"], default="fisher",
                    help="the NIW local iterate's curvature (per-image empirical or Monte Carlo expected Fisher)")
+    p.add_argument("--predictive-samples", type=int, default=1,
+                   help="K draws per query in NIW training: log of the K-draw predictive (1: the paper's ELBO)")
     p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
     a = p.parse_args(argv)
     out = a.out if a.out is not None or a.quick else RESULTS
@@ -288,6 +297,7 @@ def main(argv=None) -> int:
         a.steps, a.test_episodes, a.linreg_steps = min(a.steps, 20), min(a.test_episodes, 10), min(a.linreg_steps, 200)
     run(steps=a.steps, episodes_per_step=a.episodes_per_step, test_episodes=a.test_episodes, test_query=a.test_query,
         samples=a.samples, channels=a.channels, blocks=a.blocks, linreg_steps=a.linreg_steps, seed=a.seed,
-        shots=tuple(a.shots), precision_lr=a.precision_lr, curvature=a.curvature, out=out,
+        shots=tuple(a.shots), precision_lr=a.precision_lr, curvature=a.curvature,
+        predictive_samples=a.predictive_samples, out=out,
         command="python -m pplvi.models.niw_meta " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
