@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -247,7 +249,7 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
     budget = {"steps": steps, "episodes_per_step": episodes_per_step, "test_episodes": test_episodes,
               "test_query_per_class": test_query, "niw_predictive_samples": samples, "channels": channels,
               "blocks": blocks, "query_per_class": 3, "inner_steps": 1, "inner_lr": 0.4, "optimizer": "adam 3e-3",
-              "niw_precision_lr": precision_lr, "niw_training_predictive_samples": predictive_samples,
+              "niw_precision_lr": precision_lr, "niw_training_predictive_samples": predictive_samples, "seed": seed,
               "niw_curvature": {"fisher": "per-image empirical Fisher (protonet_fisher)",
                                 "expected_fisher": "Monte Carlo expected Fisher (protonet_expected_fisher, 8 label "
                                                    "draws)"}[curvature],
@@ -269,9 +271,58 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
     return res
 
 
+def run_identity(res: dict) -> tuple[int, int]:
+    """(training predictive samples K, seed) of a reproduce run's JSON (read from its command where the budget
+    does not record them)."""
+    budget, command = res["omniglot_budget"], res.get("command", "")
+    k = budget.get("niw_training_predictive_samples")
+    seed = budget.get("seed")
+    if k is None:
+        found = re.search(r"--predictive-samples (\d+)", command)
+        k = int(found.group(1)) if found else 1
+    if seed is None:
+        found = re.search(r"--seed (\d+)", command)
+        seed = int(found.group(1)) if found else 0
+    return int(k), int(seed)
+
+
+def merge(paths, out: Path, *, predictive_samples: int, seed: int = 0, say=print) -> dict:
+    """One results file from reproduce runs made separately (one per setting, in parallel on one accelerator):
+    the linear-regression check from the run with the most regression steps; ``omniglot_5w{1,5}s`` from the runs
+    with ``predictive_samples`` and ``seed``; every other run's settings under ``replicates`` (with its K, seed,
+    file and command)."""
+    runs = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
+    if not runs:
+        raise pplvi.PPLVIError("merge needs at least one reproduce JSON")
+    res = {k: v for k, v in max(runs, key=lambda r: r[1].get("linreg_steps", 0))[1].items() if k.startswith("linreg")}
+    replicates, sources = [], {}
+    for path, r in runs:
+        k, s = run_identity(r)
+        for setting in (key for key in r if key.startswith("omniglot_5w")):
+            if (k, s) == (predictive_samples, seed) and setting not in res:
+                res[setting] = r[setting]
+                res["omniglot_budget"] = r["omniglot_budget"]
+                sources[setting] = {"file": path.name, "command": r["command"], "device": r["device"],
+                                    "seconds": r["seconds"]}
+            else:
+                replicates.append({"setting": setting, "training_predictive_samples": k, "seed": s,
+                                   "file": path.name, "command": r["command"], **r[setting]})
+    missing = [s for s in ("omniglot_5w1s", "omniglot_5w5s") if s not in res]
+    if missing:
+        raise pplvi.PPLVIError(f"no run with predictive_samples={predictive_samples}, seed={seed} for {missing}")
+    res.update({"replicates": replicates, "sources": sources, "jax": runs[0][1]["jax"],
+                "device": sorted({r["device"] for _, r in runs}), "date": max(r["date"] for _, r in runs),
+                "command": "python -m pplvi.models.niw_meta merge --predictive-samples "
+                           f"{predictive_samples} --seed {seed} " + " ".join(str(p) for p in paths)})
+    say(f"wrote {write_json(out, res)}")
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pplvi.models.niw_meta")
-    p.add_argument("command", choices=["reproduce"])
+    p.add_argument("command", choices=["reproduce", "merge"],
+                   help="reproduce: run the checks; merge: one results file from separate reproduce runs")
+    p.add_argument("runs", nargs="*", type=Path, help="merge: the reproduce JSONs")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (20 steps, 10 test episodes, 200 regression steps); writes only with --out")
     p.add_argument("--steps", type=int, default=150)
@@ -291,7 +342,10 @@ def main(argv=None) -> int:
     p.add_argument("--predictive-samples", type=int, default=1,
                    help="K draws per query in NIW training: log of the K-draw predictive (1: the paper's ELBO)")
     p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
+    if a.command == "merge":
+        merge(a.runs, a.out or RESULTS, predictive_samples=a.predictive_samples, seed=a.seed)
+        return 0
     out = a.out if a.out is not None or a.quick else RESULTS
     if a.quick:
         a.steps, a.test_episodes, a.linreg_steps = min(a.steps, 20), min(a.test_episodes, 10), min(a.linreg_steps, 200)
