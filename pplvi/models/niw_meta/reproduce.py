@@ -263,12 +263,30 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
                                                     samples=samples, channels=channels, blocks=blocks, seed=seed,
                                                     precision_lr=precision_lr, curvature=curvature,
                                                     predictive_samples=predictive_samples, say=say)
-    res.update({"omniglot_budget": budget, "jax": jax.__version__, "device": device_name(),
+    res.update({"rows": summary_rows(res), "omniglot_budget": budget, "jax": jax.__version__, "device": device_name(),
                 "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
                 "command": command or "python -m pplvi.models.niw_meta reproduce"})
     if out is not None:
         say(f"wrote {write_json(out, res)}")
     return res
+
+
+METHODS = {"niw": "NIW, posterior predictive", "niw_linearized": "NIW, linearized predictive",
+           "niw_plugin": "NIW, mean m_i", "niw_one_draw": "NIW, one draw", "protonet": "ProtoNet",
+           "maml": "MAML (2nd order)"}
+
+
+def summary_rows(res: dict) -> list[dict]:
+    """The results table: one row per Omniglot setting and method (accuracy, ECE, NLL with standard errors)."""
+    rows = []
+    for setting in sorted(k for k in res if k.startswith("omniglot_5w")):
+        r = res[setting]
+        for key, name in METHODS.items():
+            if f"{key}_acc" in r:
+                rows.append({"setting": setting, "method": name,
+                             **{f"{m}{se}": r[f"{key}_{m}{se}"] for m in ("acc", "ece", "nll") for se in ("", "_se")},
+                             "mean_confidence": r[f"{key}_mean_confidence"]})
+    return rows
 
 
 def run_identity(res: dict) -> tuple[int, int]:
@@ -310,8 +328,8 @@ def merge(paths, out: Path, *, predictive_samples: int, seed: int = 0, say=print
     missing = [s for s in ("omniglot_5w1s", "omniglot_5w5s") if s not in res]
     if missing:
         raise pplvi.PPLVIError(f"no run with predictive_samples={predictive_samples}, seed={seed} for {missing}")
-    res.update({"replicates": replicates, "sources": sources, "jax": runs[0][1]["jax"],
-                "device": sorted({r["device"] for _, r in runs}), "date": max(r["date"] for _, r in runs),
+    res.update({"rows": summary_rows(res), "replicates": replicates, "sources": sources, "jax": runs[0][1]["jax"],
+                "device": ", ".join(sorted({r["device"] for _, r in runs})), "date": max(r["date"] for _, r in runs),
                 "command": "python -m pplvi.models.niw_meta merge --predictive-samples "
                            f"{predictive_samples} --seed {seed} " + " ".join(str(p) for p in paths)})
     say(f"wrote {write_json(out, res)}")
