@@ -448,7 +448,7 @@ def test_predictive_training_term_tends_to_the_log_posterior_predictive():
     # a broader q_i, so that draws disagree and the K-draw average differs from single draws (4 blocks: 4 features,
     # logits of order 1)
     q = eqx.tree_at(lambda n: n.scale_param, q, q.scale_param + 2.0)
-    keys = jax.random.split(jax.random.key(1), 100)
+    keys = jax.random.split(jax.random.key(1), 50)
 
     def values(k):
         objective = N.niw_protonet_elbo(unravel, prior, 100, way=3, predictive_samples=k)
@@ -462,7 +462,7 @@ def test_predictive_training_term_tends_to_the_log_posterior_predictive():
     ll, curv = N.protonet_log_likelihood(unravel, 3), N.protonet_fisher(unravel, 3)
     @jax.jit
     def episode_term(key, a, b, c, d):
-        probs = N.niw_predict(key, q, unravel, a, b, c, samples=4000, steps=1, head="protonet", way=3)
+        probs = N.niw_predict(key, q, unravel, a, b, c, samples=3000, steps=1, head="protonet", way=3)
         m, v = N.local_posterior(q, ll, (a, b, a, b), steps=1, lr=0.4, curvature=curv)
         return jnp.sum(jnp.log(probs[jnp.arange(len(d)), d])) - N.expected_gaussian_kl(q, m, v)
 
