@@ -49,6 +49,7 @@ from pplvi.models.niw_meta.local import (
 from pplvi.models.niw_meta.niw import NIW
 from pplvi.models.niw_meta.objective import niw_elbo
 from pplvi.models.results import device_name, write_json
+from pplvi.train import save_tree
 
 RESULTS = Path("benchmarks/results/niw_meta.json")
 HELD_OUT = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
@@ -129,7 +130,7 @@ def niw_optimizer(lr: float, precision_lr: float):
 def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episodes: int, channels: int, blocks: int,
                    query: int = 3, test_query: int = 15, lr: float = 3e-3, precision_lr: float = 0.1,
                    curvature: str = "fisher", inner_steps: int = 1, inner_lr: float = 0.4, samples: int = 32,
-                   predictive_samples: int = 1, seed: int = 0, say=print) -> dict:
+                   predictive_samples: int = 1, seed: int = 0, save_dir: Path | None = None, say=print) -> dict:
     """Trains NIW (ProtoNet likelihood), ProtoNet and MAML with the same budget and evaluates them on the same
     ``test_episodes`` held-out episodes (``test_query`` queries per class). Per method: accuracy, ECE (15 bins),
     mean query NLL, with standard errors over episodes (ECE: bootstrap over episodes) and the paired differences
@@ -161,6 +162,9 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
     out["niw_prior_precision_median"] = float(jnp.median(q.mean_precision()))
     proto = fit("protonet", F.protonet_objective(5), F.init_convnet(key, way=None, **net))
     maml = fit("maml", F.maml_objective(inner_steps, inner_lr), F.init_convnet(key, **net))
+    if save_dir is not None:  # the trained parameters, to score other prediction rules without retraining
+        for name, params in (("niw", q), ("protonet", proto), ("maml", maml)):
+            say(f"  saved {save_tree(Path(save_dir) / f'5w{shot}s_{name}.npz', params)}")
 
     half = max(samples // 2, 1)  # two independent halves: their difference estimates the Monte Carlo error
     ll, curv = F.protonet_log_likelihood(unravel, 5), F.protonet_curvature(unravel, 5, curvature)
@@ -241,7 +245,7 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
 def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 200, test_query: int = 15,
         samples: int = 32, channels: int = 16, blocks: int = 4, linreg_steps: int = 3000, seed: int = 0,
         shots=(1, 5), precision_lr: float = 0.1, curvature: str = "fisher", predictive_samples: int = 1,
-        out: Path | None = RESULTS,
+        save_dir: Path | None = None, out: Path | None = RESULTS,
         command=None, say=print) -> dict:
     t0 = time.perf_counter()
     say("1. hierarchical linear regression (quadratic approximation exact)")
@@ -262,7 +266,8 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
                                                     test_episodes=test_episodes, test_query=test_query,
                                                     samples=samples, channels=channels, blocks=blocks, seed=seed,
                                                     precision_lr=precision_lr, curvature=curvature,
-                                                    predictive_samples=predictive_samples, say=say)
+                                                    predictive_samples=predictive_samples, save_dir=save_dir,
+                                                    say=say)
     res.update({"rows": summary_rows(res), "omniglot_budget": budget, "jax": jax.__version__, "device": device_name(),
                 "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
                 "command": command or "python -m pplvi.models.niw_meta reproduce"})
@@ -359,6 +364,8 @@ def main(argv=None) -> int:
                    help="the NIW local iterate's curvature (per-image empirical or Monte Carlo expected Fisher)")
     p.add_argument("--predictive-samples", type=int, default=1,
                    help="K draws per query in NIW training: log of the K-draw predictive (1: the paper's ELBO)")
+    p.add_argument("--save-params", type=Path, default=None, metavar="DIR",
+                   help="also save the trained parameters: DIR/5w<shot>s_{niw,protonet,maml}.npz (save_tree)")
     p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
     a = p.parse_intermixed_args(argv)
     if a.command == "merge":
@@ -370,6 +377,6 @@ def main(argv=None) -> int:
     run(steps=a.steps, episodes_per_step=a.episodes_per_step, test_episodes=a.test_episodes, test_query=a.test_query,
         samples=a.samples, channels=a.channels, blocks=a.blocks, linreg_steps=a.linreg_steps, seed=a.seed,
         shots=tuple(a.shots), precision_lr=a.precision_lr, curvature=a.curvature,
-        predictive_samples=a.predictive_samples, out=out,
+        predictive_samples=a.predictive_samples, save_dir=a.save_params, out=out,
         command="python -m pplvi.models.niw_meta " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
