@@ -13,13 +13,17 @@
    episodes (``test_query`` queries per class): accuracy, ECE (15 bins) and query NLL, NIW by its posterior
    predictive (``samples`` draws from :math:`q_i`). Standard errors: over test episodes (accuracy, NLL) and by a
    bootstrap over test episodes (ECE); the NIW - ProtoNet differences are paired (same episodes, same resamples).
-   The NIW's log-scale parameters get their own Adam step size (``--precision-lr``, :func:`niw_optimizer`). For the
-   diagnosis of the predictive, ``niw_plugin_*`` and ``niw_one_draw_*`` score the prediction of the mean
-   :math:`m_i` alone and of a single draw :math:`\\theta \\sim q_i` alone on the same episodes.
+   The NIW's log-scale parameters get their own Adam step size (``--precision-lr``, :func:`niw_optimizer`);
+   ``--predictive-samples K`` trains the K-draw predictive (1: the paper's ELBO). For the diagnosis of the
+   predictive, ``niw_linearized_*``, ``niw_plugin_*`` and ``niw_one_draw_*`` score the linearized predictive, the
+   prediction of the mean :math:`m_i` alone and of a single draw :math:`\\theta \\sim q_i` alone on the same
+   episodes; ``--save-params DIR`` keeps the trained parameters.
 
 The default budget (150 steps x 4 episodes, 4 x 16 conv) is sized for 2 shared CPU cores (17-28 minutes there, by load);
 ``--steps``, ``--episodes-per-step``, ``--channels``, ``--test-episodes`` scale it up on an accelerator.
 ``--quick`` is a smoke run that writes nothing unless ``--out`` is given; ``--shots 5`` runs one setting only.
+``python -m pplvi.models.niw_meta merge --predictive-samples K RUN.json ...`` combines runs made separately (one
+per setting, in parallel on one accelerator) into the results file (:func:`merge`).
 """
 
 from __future__ import annotations
