@@ -473,3 +473,21 @@ def test_predictive_training_term_tends_to_the_log_posterior_predictive():
     # measured: 0.74 nats for one draw; 0.098 at K = 8, 0.028 at K = 64 (the Monte Carlo bias is O(1/K)). At K = 32
     # the term is within 0.1 nats of the limit (the limit's and v32's Monte Carlo errors are ~0.01)
     assert abs(gap32) < 0.1 and gap1 > 5 * abs(gap32), (gap1, gap32)
+
+
+def test_linearized_predictive_equals_the_average_for_a_linear_network():
+    """posterior_predictive: for logits linear in the weights the linearized network is the network, so
+    "linearized" and "average" agree draw for draw (same key); for a nonlinear one they differ; "mean" is the
+    softmax at m."""
+    a = jax.random.normal(jax.random.key(0), (6, 3, 5))  # 6 queries, 3 classes, 5 weights
+    m, v = jax.random.normal(jax.random.key(1), (5,)), jnp.full((5,), 0.3)
+    linear = lambda th: a @ th
+    key = jax.random.key(2)
+    avg = N.posterior_predictive(key, linear, m, v, 64, "average")
+    lin = N.posterior_predictive(key, linear, m, v, 64, "linearized")
+    np.testing.assert_allclose(lin, avg, atol=1e-6)
+    np.testing.assert_allclose(N.posterior_predictive(key, linear, m, v, 64, "mean"), jax.nn.softmax(a @ m),
+                               atol=1e-6)
+    cubic = lambda th: a @ th**3
+    assert float(jnp.abs(N.posterior_predictive(key, cubic, m, v, 64, "linearized")
+                         - N.posterior_predictive(key, cubic, m, v, 64, "average")).max()) > 1e-2
