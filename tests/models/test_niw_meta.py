@@ -488,6 +488,10 @@ def test_linearized_predictive_equals_the_average_for_a_linear_network():
     np.testing.assert_allclose(lin, avg, atol=1e-6)
     np.testing.assert_allclose(N.posterior_predictive(key, linear, m, v, 64, "mean"), jax.nn.softmax(a @ m),
                                atol=1e-6)
+    with pytest.raises(pplvi.PPLVIError, match="rule must be one of"):
+        N.posterior_predictive(key, linear, m, v, 64, "median")
+    with pytest.raises(pplvi.PPLVIError, match="samples must be a positive integer"):
+        N.posterior_predictive(key, linear, m, v, 0)
     cubic = lambda th: a @ th**3
     assert float(jnp.abs(N.posterior_predictive(key, cubic, m, v, 64, "linearized")
                          - N.posterior_predictive(key, cubic, m, v, 64, "average")).max()) > 1e-2

@@ -131,11 +131,10 @@ def niw_predict(key, q: NIW, unravel, sx, sy, qx, *, samples: int = 10, steps: i
     average over draws. ``rule="linearized"``: the average over draws of the softmax of the network linearized at
     :math:`m_i`, :math:`f(x; m_i) + J_f(x; m_i)(\theta_s - m_i)` (one ``jax.jvp`` per draw): the GLM predictive of
     Immer, Korzepa & Bauer (AISTATS 2021), which keeps the posterior's logit uncertainty but not the distortions
-    of weight noise passed through the nonlinear network. The ELBO's likelihood term
-    :math:`\mathbb E_{q_i}\log p` scores single draws, not their average, so with :math:`q_i` close to the prior
-    the average of disagreeing draws is underconfident (see ``docs/models/niw_meta.md``)."""
-    if rule not in ("average", "mean", "linearized"):
-        raise pplvi.PPLVIError(f'rule must be "average", "mean" or "linearized", got {rule!r}')
+    of weight noise passed through the nonlinear network. The paper's ELBO (``predictive_samples=1`` in
+    :func:`niw_protonet_elbo`) scores single draws, not their average, so with :math:`q_i` close to the prior the
+    average of disagreeing draws is underconfident (see ``docs/models/niw_meta.md``)."""
+    _check_predictive(rule, samples)
     if head == "linear":
         ll, data = categorical_log_likelihood(unravel), (sx, sy)
         logits = lambda params: convnet_apply(params, qx)
@@ -146,18 +145,27 @@ def niw_predict(key, q: NIW, unravel, sx, sy, qx, *, samples: int = 10, steps: i
         curvature = protonet_curvature(unravel, way, curvature, fisher_samples)
     else:
         raise pplvi.PPLVIError(f'head must be "linear" or "protonet", got {head!r}')
-    if not isinstance(samples, int) or samples < 1:
-        raise pplvi.PPLVIError(f"samples must be a positive integer, got {samples!r}")
     key, noise_key = jax.random.split(key)
     noise = curvature_uniforms(curvature, sx.shape[0], noise_key)
     m, v = local_posterior(q, ll, data, steps=steps, lr=lr, curvature=curvature, curvature_noise=noise)
     return posterior_predictive(key, lambda th: logits(unravel(th)), m, v, samples, rule)
 
 
+PREDICTIVE_RULES = ("average", "mean", "linearized")
+
+
+def _check_predictive(rule, samples):
+    if rule not in PREDICTIVE_RULES:
+        raise pplvi.PPLVIError(f"rule must be one of {PREDICTIVE_RULES}, got {rule!r}")
+    if not isinstance(samples, int) or samples < 1:
+        raise pplvi.PPLVIError(f"samples must be a positive integer, got {samples!r}")
+
+
 def posterior_predictive(key, logits, m, v, samples: int, rule: str = "average"):
     r"""Class probabilities under the diagonal Gaussian :math:`\mathcal N(m, \mathrm{diag}\,v)` over the flat
     weights of ``logits(theta)``: the mean over ``samples`` draws of the softmax (``"average"``), of the softmax of
     the network linearized at ``m`` (``"linearized"``), or the softmax at ``m`` (``"mean"``)."""
+    _check_predictive(rule, samples)
     if rule == "mean":
         return jax.nn.softmax(logits(m))
     deltas = jnp.sqrt(v) * jax.random.normal(key, (samples,) + m.shape)

@@ -372,6 +372,8 @@ def main(argv=None) -> int:
                    help="also save the trained parameters: DIR/5w<shot>s_{niw,protonet,maml}.npz (save_tree)")
     p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
     a = p.parse_intermixed_args(argv)
+    if a.command == "reproduce" and a.runs:
+        p.error(f"reproduce takes no run files (got {len(a.runs)}); did you mean merge?")
     if a.command == "merge":
         merge(a.runs, a.out or RESULTS, predictive_samples=a.predictive_samples, seed=a.seed)
         return 0
