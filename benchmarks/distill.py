@@ -119,8 +119,7 @@ def _generator(cfg, key):
 def pair_regression(generator, labels, latents, images):
     """Regression only (the DMD ablation without distribution matching): minus the mean squared error of the
     generator's image for each pair's noise against the teacher's ODE sample."""
-    pred = jax.vmap(generator)(latents, labels)
-    return -jnp.mean(jnp.sum(jnp.reshape((pred - images) ** 2, (labels.shape[0], -1)), -1))
+    return -S.pair_regression_error(generator, labels, latents, images)
 
 
 def _frechet_and_accuracy(gen, evaluator, test_x, n, key):

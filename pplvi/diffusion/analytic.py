@@ -99,7 +99,6 @@ def gaussian_x0(x_t, t, schedule: Schedule, mean, cov):
     return mean + (x_t - a * mean) @ gain.T
 
 
-
 def geometric_gaussian(means, variances, weights):
     r"""The geometric mix :math:`\prod_k \mathcal N(x; m_k, v_k I)^{c_k}` of isotropic Gaussians in closed form:
     it is :math:`Z\,\mathcal N(\mu, V I)` with :math:`1/V = \sum_k c_k / v_k` (must be positive),
@@ -124,6 +123,7 @@ def geometric_gaussian(means, variances, weights):
     log_z = (jnp.sum(weights * (-0.5 * d * jnp.log(2 * jnp.pi * variances) - 0.5 * jnp.sum(means**2, 1) / variances))
              + 0.5 * d * jnp.log(2 * jnp.pi * var) + 0.5 * jnp.sum(mu**2) / var)
     return mu, var, log_z
+
 
 def energy_distance(x, y):
     r"""Energy distance :math:`2\mathbb E\|X - Y\| - \mathbb E\|X - X'\| - \mathbb E\|Y - Y'\|` between the

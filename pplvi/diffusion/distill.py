@@ -426,6 +426,13 @@ def pgsb(teacher, *, guidance=(2.0, 6.0), fake_weight: float = 1.0, p_uncond: fl
     return obj
 
 
+def pair_regression_error(generator, labels, latents, images):
+    r""":math:`\tfrac1B\sum_i \|g(z_i, y_i) - \Phi_T(z_i, y_i)\|^2`: the mean squared error (summed over pixels) of
+    the generator's image for each pair's noise against the teacher's ODE sample (:func:`teacher_pairs`); DMD's
+    regression term, and on its own the regression warm start / ablation."""
+    pred = jax.vmap(generator)(latents, labels)
+    return jnp.mean(jnp.sum(jnp.reshape((pred - images) ** 2, (labels.shape[0], -1)), -1))
+
 
 def dmd(teacher, *, regression_weight: float = 0.25, guidance=1.0, fake_weight: float = 1.0,
         t_range=(0.02, 0.98), weighting: str = "dreamfusion") -> pplvi.Objective:
@@ -459,9 +466,8 @@ def dmd(teacher, *, regression_weight: float = 0.25, guidance=1.0, fake_weight: 
         if pair_images.shape != (labels.shape[0], *generator.shape):
             raise DataError(f"dmd: pair_images must be (B, *shape) = ({labels.shape[0]}, *{generator.shape}), got "
                             f"{pair_images.shape}")
-        pred = jax.vmap(generator)(pair_latents, labels)
-        regression = jnp.mean(jnp.sum(jnp.reshape((pred - pair_images) ** 2, (labels.shape[0], -1)), -1))
-        return matching(params, labels) - regression_weight * regression
+        return matching(params, labels) - regression_weight * pair_regression_error(generator, labels, pair_latents,
+                                                                                    pair_images)
 
     return dmd_objective
 
@@ -491,6 +497,7 @@ def teacher_pairs(model: Diffusion, key, labels, shape, *, steps: int = 10, batc
         zs.append(z[: ys.shape[0]])
         xs.append(x[: ys.shape[0]])
     return jnp.concatenate(zs), jnp.concatenate(xs)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # measuring collapse
