@@ -81,7 +81,6 @@ def test_vsd_generator_gradient_is_teacher_minus_fake_and_fake_learns():
     np.testing.assert_allclose(grads["generator"], expected, rtol=2e-4, atol=1e-7)
 
 
-
 def test_dmd_is_vsd_plus_the_regression_onto_teacher_pairs():
     gmm, _ = S.ring_mixture()
     teacher = S.as_teacher(gmm, SCHED)
@@ -118,6 +117,7 @@ def test_teacher_pairs_are_the_deterministic_sampler_from_their_noise():
     np.testing.assert_allclose(x, again, rtol=1e-5, atol=1e-5)
     with pytest.raises(pplvi.DataError, match="labels"):
         S.teacher_pairs(model, jax.random.key(1), jnp.zeros((0,), jnp.int32), (2,))
+
 
 def eqx_is_float(v):
     return hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating)

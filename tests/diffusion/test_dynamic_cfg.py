@@ -34,7 +34,6 @@ def test_single_candidate_is_cfg_bitwise(sampler):
     assert int(nfe_dyn) == int(nfe_cfg)
 
 
-
 def test_window_chooses_only_inside_and_uses_the_outside_scale_elsewhere():
     dyn = DynamicCFG(GMM, 0, near_target, candidates=(4.0,), schedule=SCHED, window=(0.3, 0.6), outside_scale=1.0)
     x = jax.random.normal(jax.random.key(3), (16, 2))
@@ -45,6 +44,7 @@ def test_window_chooses_only_inside_and_uses_the_outside_scale_elsewhere():
         assert np.all(np.asarray(chosen_scales(state, 1)) == w)
     with pytest.raises(pplvi.PPLVIError, match="window"):
         DynamicCFG(GMM, 0, near_target, schedule=SCHED, window=(0.7, 0.2))
+
 
 def test_two_nfe_per_step_and_scales_recorded():
     steps = 10

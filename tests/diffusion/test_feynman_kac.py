@@ -90,7 +90,6 @@ def test_a_true_noised_marginal_needs_no_correction():
     assert np.array_equal(np.asarray(out.resampled), np.arange(steps) == steps - 1)  # only the final resampling
 
 
-
 def test_geometric_gaussian_closed_form_against_quadrature():
     # the reference used below, checked independently: log of the integral and the moments of prod_k N^c_k on a
     # fine 2-D grid (midpoint rule, the density is negligible outside +-8)
@@ -107,6 +106,7 @@ def test_geometric_gaussian_closed_form_against_quadrature():
     assert float(jnp.log(z)) == pytest.approx(float(log_z), abs=1e-5)
     np.testing.assert_allclose(mean, mu, atol=1e-5)
     assert float(var) == pytest.approx(1.0 / (-1.0 / 1.0 + 2.0 / 0.6))
+
 
 def test_geometric_mix_of_two_gaussians_has_the_known_moments_and_normalizer():
     # N(m1, v1 I)^(1-w) N(m2, v2 I)^w at w = 2 is N(mu, V I) with 1/V = (1-w)/v1 + w/v2, mu = V((1-w)m1/v1 +
