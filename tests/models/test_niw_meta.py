@@ -339,6 +339,28 @@ def test_bad_input_raises_a_pplvi_error_naming_it():
                       samples=0)
 
 
+def test_saved_parameters_score_as_the_run_that_saved_them(tmp_path):
+    """reproduce --save-params DIR, then evaluate --params DIR: the same test episodes, the same predictions, the
+    same scores for every method and prediction rule (tiny net, two training steps); --test-rotations scores the
+    rotated protocol, whose episodes are not the plain ones."""
+    net = {"channels": 2, "blocks": 2}
+    res = R.omniglot_check(1, steps=2, episodes_per_step=2, test_episodes=3, samples=4, test_rotations=True,
+                           save_dir=tmp_path, say=lambda *_: None, **net)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["5w1s_config.json", "5w1s_maml.npz", "5w1s_niw.npz",
+                                                           "5w1s_protonet.npz"]
+    for rotations, expected in ((False, res), (True, res["rotated_test"])):
+        again = R.evaluate(tmp_path, 1, test_episodes=3, samples=4, rotations=rotations, say=lambda *_: None)
+        for key, value in again.items():
+            if not key.endswith("_seconds"):
+                assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), (rotations, key)
+        assert {"niw_acc", "niw_linearized_ece", "protonet_ece", "maml_acc", "niw_minus_protonet_ece"} <= set(again)
+    plain = R.omniglot_test_episodes(1, 3)
+    rotated = R.omniglot_test_episodes(1, 3, rotations=True)
+    assert not np.array_equal(plain[0], rotated[0])
+    with pytest.raises(pplvi.DataError, match="5w5s_config.json"):
+        R.evaluate(tmp_path, 5)
+
+
 def test_missing_data_raises_data_error_naming_the_path(tmp_path, monkeypatch):
     from pplvi.models.niw_meta.reproduce import omniglot_splits
 

@@ -53,7 +53,7 @@ from pplvi.models.niw_meta.local import (
 from pplvi.models.niw_meta.niw import NIW
 from pplvi.models.niw_meta.objective import niw_elbo
 from pplvi.models.results import device_name, write_json
-from pplvi.train import save_tree
+from pplvi.train import load_tree, save_tree
 
 RESULTS = Path("benchmarks/results/niw_meta.json")
 HELD_OUT = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
@@ -131,95 +131,124 @@ def niw_optimizer(lr: float, precision_lr: float):
     return optax.multi_transform({"mean": optax.adam(lr), "precision": optax.adam(precision_lr)}, labels)
 
 
-def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episodes: int, channels: int, blocks: int,
-                   query: int = 3, test_query: int = 15, lr: float = 3e-3, precision_lr: float = 0.1,
-                   curvature: str = "fisher", inner_steps: int = 1, inner_lr: float = 0.4, samples: int = 32,
-                   predictive_samples: int = 1, seed: int = 0, save_dir: Path | None = None, say=print) -> dict:
-    """Trains NIW (ProtoNet likelihood), ProtoNet and MAML with the same budget and evaluates them on the same
-    ``test_episodes`` held-out episodes (``test_query`` queries per class). Per method: accuracy, ECE (15 bins),
-    mean query NLL, with standard errors over episodes (ECE: bootstrap over episodes) and the paired differences
-    NIW - ProtoNet (same episodes, same bootstrap resamples)."""
-    (xtr, ytr), (xte, yte) = omniglot_splits()
+METHOD_NAMES = ("niw", "protonet", "maml")
+
+
+def omniglot_test_episodes(shot: int, episodes: int, *, query: int = 15, seed: int = 0, rotations: bool = False):
+    """The test episodes of a run with ``seed``: 5-way ``shot``-shot episodes of the held-out alphabets, ``query``
+    queries per class. ``rotations=True``: the held-out characters and their 90/180/270-degree rotations as new
+    classes (424 classes), the test protocol of Vinyals et al. (2016) and Snell et al. (2017), whose meta-training
+    classes carry the same rotations as ours."""
+    _, (xte, yte) = omniglot_splits()
+    sampler = F.EpisodeSampler(xte, yte, way=5, shot=shot, query=query, rotations=rotations)
+    return sampler.sample(np.random.default_rng(seed + (2 if rotations else 1)), episodes)
+
+
+def omniglot_models(*, channels: int, blocks: int, seed: int = 0) -> tuple[dict, NIW, object]:
+    """The initial parameters of the three methods ({"niw", "protonet", "maml"}), the NIW prior and the NIW's
+    ``unravel``. The initial parameters are also the templates :func:`pplvi.train.load_tree` reads saved ones
+    into."""
+    key = jax.random.key(seed)
+    q, prior, unravel = F.init_niw(key, way=None, channels=channels, blocks=blocks)
+    return {"niw": q, "protonet": F.init_convnet(key, way=None, channels=channels, blocks=blocks),
+            "maml": F.init_convnet(key, channels=channels, blocks=blocks)}, prior, unravel
+
+
+def train_omniglot(shot: int, *, steps: int, episodes_per_step: int, channels: int, blocks: int, query: int = 3,
+                   lr: float = 3e-3, precision_lr: float = 0.1, curvature: str = "fisher", inner_steps: int = 1,
+                   inner_lr: float = 0.4, predictive_samples: int = 1, seed: int = 0,
+                   methods=METHOD_NAMES) -> tuple[dict, object, dict]:
+    """Trains ``methods`` (of NIW with ProtoNet's likelihood, ProtoNet, second-order MAML) with the same budget and
+    training episodes (meta-training classes with rotations). Returns (trained parameters by method, the NIW's
+    ``unravel``, training seconds by method)."""
+    (xtr, ytr), _ = omniglot_splits()
     train = F.EpisodeSampler(xtr, ytr, way=5, shot=shot, query=query, rotations=True)
-    test = F.EpisodeSampler(xte, yte, way=5, shot=shot, query=test_query)
     rng = np.random.default_rng(seed)
     batches = [train.sample(rng, episodes_per_step) for _ in range(steps)]
-    tests = test.sample(np.random.default_rng(seed + 1), test_episodes)
-    net = {"channels": channels, "blocks": blocks}
-    key = jax.random.key(seed)
-    out, timing = {}, {}
-
-    def fit(name, objective, params, optimizer=None):
-        t = time.perf_counter()
-        r = pplvi.fit(objective, params, data=batches, optimizer=optimizer or optax.adam(lr), steps=steps,
-                      key=seed + 7, progress=False)
-        jax.block_until_ready(r.params)
-        timing[name] = time.perf_counter() - t
-        return r.params
-
-    population = steps * episodes_per_step
-    q, prior, unravel = F.init_niw(key, way=None, **net)
-    q = fit("niw", F.niw_protonet_elbo(unravel, prior, population, steps=inner_steps, lr=inner_lr,
-                                       curvature=curvature, predictive_samples=predictive_samples),
-          q, niw_optimizer(lr, precision_lr))
-    out["niw_dof"], out["niw_kappa"] = float(q.dof), float(q.kappa)
-    out["niw_prior_precision_median"] = float(jnp.median(q.mean_precision()))
-    proto = fit("protonet", F.protonet_objective(5), F.init_convnet(key, way=None, **net))
-    maml = fit("maml", F.maml_objective(inner_steps, inner_lr), F.init_convnet(key, **net))
-    if save_dir is not None:  # the trained parameters, to score other prediction rules without retraining
-        for name, params in (("niw", q), ("protonet", proto), ("maml", maml)):
-            say(f"  saved {save_tree(Path(save_dir) / f'5w{shot}s_{name}.npz', params)}")
-
-    half = max(samples // 2, 1)  # two independent halves: their difference estimates the Monte Carlo error
-    ll, curv = F.protonet_log_likelihood(unravel, 5), F.protonet_curvature(unravel, 5, curvature)
-
-    @jax.jit
-    def niw_parts(k, a, b, c):
-        """niw_predict's posterior predictive, as two halves of its draws; and, for the diagnosis, the prediction
-        of the mean m_i alone (plug-in), of one draw theta ~ q_i alone, and the linearized (GLM) predictive."""
-        k_noise, k_draw = jax.random.split(k)
-        m, v = local_posterior(q, ll, (a, b, a, b), steps=inner_steps, lr=inner_lr, curvature=curv,
-                               curvature_noise=F.curvature_uniforms(curv, a.shape[0], k_noise))
-        logits = lambda th: F.protonet_logits(unravel(th), a, b, c, 5)
-        pred = lambda th: jax.nn.softmax(logits(th))
-        draws = jax.vmap(lambda e: pred(m + jnp.sqrt(v) * e))(jax.random.normal(k_draw, (2 * half,) + m.shape))
-        linearized = F.posterior_predictive(k_draw, logits, m, v, 2 * half, "linearized")
-        return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0], linearized
-
-    mc_err, other = [], {"niw_plugin": [], "niw_one_draw": [], "niw_linearized": []}
-
-    def niw(k, a, b, c):
-        p1, p2, plug, one, lin = (np.asarray(x) for x in niw_parts(k, a, b, c))
-        p = 0.5 * (p1 + p2)
-        top = p.argmax(1)
-        mc_err.append(0.5 * np.abs(p1 - p2)[np.arange(len(top)), top])
-        other["niw_plugin"].append(plug)
-        other["niw_one_draw"].append(one)
-        other["niw_linearized"].append(lin)
-        return p
-
-    predictors = {
-        "niw": niw,
-        "protonet": jax.jit(lambda k, a, b, c: F.protonet_predict(proto, a, b, c, 5)),
-        "maml": jax.jit(lambda k, a, b, c: F.maml_predict(maml, a, b, c, steps=inner_steps, lr=inner_lr)),
-        # diagnostics of the NIW predictive (filled by "niw" above): its mean alone, one draw alone
-        "niw_plugin": lambda k, a, b, c: other["niw_plugin"].pop(0),
-        "niw_one_draw": lambda k, a, b, c: other["niw_one_draw"].pop(0),
-        "niw_linearized": lambda k, a, b, c: other["niw_linearized"].pop(0),
+    init, prior, unravel = omniglot_models(channels=channels, blocks=blocks, seed=seed)
+    objectives = {
+        "niw": (F.niw_protonet_elbo(unravel, prior, steps * episodes_per_step, steps=inner_steps, lr=inner_lr,
+                                    curvature=curvature, predictive_samples=predictive_samples),
+                niw_optimizer(lr, precision_lr)),
+        "protonet": (F.protonet_objective(5), optax.adam(lr)),
+        "maml": (F.maml_objective(inner_steps, inner_lr), optax.adam(lr)),
     }
+    params, timing = {}, {}
+    for name in methods:
+        objective, optimizer = objectives[name]
+        t = time.perf_counter()
+        r = pplvi.fit(objective, init[name], data=batches, optimizer=optimizer, steps=steps, key=seed + 7,
+                      progress=False)
+        params[name] = jax.block_until_ready(r.params)
+        timing[name] = time.perf_counter() - t
+    return params, unravel, timing
+
+
+def score_omniglot(params: dict, unravel, tests, *, samples: int = 32, curvature: str = "fisher",
+                   inner_steps: int = 1, inner_lr: float = 0.4, seed: int = 0, timing: dict | None = None,
+                   say=print) -> dict:
+    """Scores the trained ``params`` (by method) on the test episodes ``tests`` = (sx, sy, qx, qy): accuracy, ECE
+    (15 bins) and mean query NLL per method, with standard errors over episodes (ECE: bootstrap over episodes), the
+    NIW's other prediction rules from the same :math:`q_i` (``niw_linearized``, ``niw_plugin``, ``niw_one_draw``)
+    and the paired differences NIW - ProtoNet (same episodes, same bootstrap resamples)."""
+    timing = timing or {}
+    out = {}
+    predictors = {}
+    mc_err, other = [], {"niw_plugin": [], "niw_one_draw": [], "niw_linearized": []}
+    if "niw" in params:
+        q = params["niw"]
+        half = max(samples // 2, 1)  # two independent halves: their difference estimates the Monte Carlo error
+        ll, curv = F.protonet_log_likelihood(unravel, 5), F.protonet_curvature(unravel, 5, curvature)
+
+        @jax.jit
+        def niw_parts(k, a, b, c):
+            """niw_predict's posterior predictive, as two halves of its draws; and, for the diagnosis, the
+            prediction of the mean m_i alone (plug-in), of one draw theta ~ q_i alone, and the linearized (GLM)
+            predictive."""
+            k_noise, k_draw = jax.random.split(k)
+            m, v = local_posterior(q, ll, (a, b, a, b), steps=inner_steps, lr=inner_lr, curvature=curv,
+                                   curvature_noise=F.curvature_uniforms(curv, a.shape[0], k_noise))
+            logits = lambda th: F.protonet_logits(unravel(th), a, b, c, 5)
+            pred = lambda th: jax.nn.softmax(logits(th))
+            draws = jax.vmap(lambda e: pred(m + jnp.sqrt(v) * e))(jax.random.normal(k_draw, (2 * half,) + m.shape))
+            linearized = F.posterior_predictive(k_draw, logits, m, v, 2 * half, "linearized")
+            return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0], linearized
+
+        def niw(k, a, b, c):
+            p1, p2, plug, one, lin = (np.asarray(x) for x in niw_parts(k, a, b, c))
+            p = 0.5 * (p1 + p2)
+            top = p.argmax(1)
+            mc_err.append(0.5 * np.abs(p1 - p2)[np.arange(len(top)), top])
+            other["niw_plugin"].append(plug)
+            other["niw_one_draw"].append(one)
+            other["niw_linearized"].append(lin)
+            return p
+
+        predictors["niw"] = niw
+    if "protonet" in params:
+        proto = params["protonet"]
+        predictors["protonet"] = jax.jit(lambda k, a, b, c: F.protonet_predict(proto, a, b, c, 5))
+    if "maml" in params:
+        maml = params["maml"]
+        predictors["maml"] = jax.jit(lambda k, a, b, c: F.maml_predict(maml, a, b, c, steps=inner_steps,
+                                                                        lr=inner_lr))
+    if "niw" in params:  # diagnostics of the NIW predictive (filled by "niw" above)
+        for name in other:
+            predictors[name] = lambda k, a, b, c, name=name: other[name].pop(0)
     sx, sy, qx, qy = tests
-    labels = qy.reshape(-1)
+    episodes = len(sx)
+    labels = np.asarray(qy).reshape(-1)
     per_ep, boot = {}, {}
     for name, predict in predictors.items():
         t = time.perf_counter()
         probs = np.concatenate([np.asarray(predict(jax.random.key(i), sx[i], sy[i], qx[i]), np.float64)
-                                for i in range(test_episodes)])
+                                for i in range(episodes)])
         probs = probs / probs.sum(1, keepdims=True)
-        hit = (probs.argmax(1) == labels).reshape(test_episodes, -1).mean(1)
-        nll = -np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).reshape(test_episodes, -1).mean(1)
+        hit = (probs.argmax(1) == labels).reshape(episodes, -1).mean(1)
+        nll = -np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).reshape(episodes, -1).mean(1)
         per_ep[name] = {"acc": hit, "nll": nll}
-        boot[name] = episode_bootstrap(probs, labels, test_episodes, seed=seed)
-        se = lambda v: float(v.std(ddof=1) / np.sqrt(test_episodes))
+        boot[name] = episode_bootstrap(probs, labels, episodes, seed=seed)
+        se = lambda v: float(v.std(ddof=1) / np.sqrt(episodes))
         out[f"{name}_acc"] = float(hit.mean())
         out[f"{name}_acc_se"] = se(hit)
         out[f"{name}_ece"] = F.expected_calibration_error(probs, labels)
@@ -227,29 +256,89 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
         out[f"{name}_nll"] = float(nll.mean())
         out[f"{name}_nll_se"] = se(nll)
         out[f"{name}_mean_confidence"] = float(probs.max(1).mean())  # > acc: overconfident on average
-        out[f"{name}_train_seconds"] = timing.get(name, timing["niw"])
+        trained = timing.get(name, timing.get("niw"))
+        if trained is not None:
+            out[f"{name}_train_seconds"] = trained
         out[f"{name}_test_seconds"] = time.perf_counter() - t
-        say(f"  {name:12s} acc {out[f'{name}_acc']:.3f} +- {out[f'{name}_acc_se']:.3f}  ECE {out[f'{name}_ece']:.3f} "
-            f"+- {out[f'{name}_ece_se']:.3f}  NLL {out[f'{name}_nll']:.3f} +- {out[f'{name}_nll_se']:.3f}  (trained "
-            f"in {out[f'{name}_train_seconds']:.0f} s)")
-    for metric in ("acc", "nll"):
-        d = per_ep["niw"][metric] - per_ep["protonet"][metric]
-        out[f"niw_minus_protonet_{metric}"] = float(d.mean())
-        out[f"niw_minus_protonet_{metric}_se"] = float(d.std(ddof=1) / np.sqrt(test_episodes))
-    out["niw_minus_protonet_ece"] = out["niw_ece"] - out["protonet_ece"]
-    out["niw_minus_protonet_ece_se"] = float((boot["niw"] - boot["protonet"]).std(ddof=1))
-    out["niw_predictive_samples"] = 2 * half
-    out["niw_predictive_mc_se_top_prob"] = float(np.concatenate(mc_err).mean())
-    for metric in ("acc", "ece", "nll"):
-        say(f"  NIW - ProtoNet {metric}: {out[f'niw_minus_protonet_{metric}']:+.4f} +- "
-            f"{out[f'niw_minus_protonet_{metric}_se']:.4f}")
+        say(f"  {name:14s} acc {out[f'{name}_acc']:.3f} +- {out[f'{name}_acc_se']:.3f}  ECE {out[f'{name}_ece']:.3f}"
+            f" +- {out[f'{name}_ece_se']:.3f}  NLL {out[f'{name}_nll']:.3f} +- {out[f'{name}_nll_se']:.3f}  "
+            f"confidence {out[f'{name}_mean_confidence']:.3f}")
+    if "niw" in per_ep and "protonet" in per_ep:
+        for metric in ("acc", "nll"):
+            d = per_ep["niw"][metric] - per_ep["protonet"][metric]
+            out[f"niw_minus_protonet_{metric}"] = float(d.mean())
+            out[f"niw_minus_protonet_{metric}_se"] = float(d.std(ddof=1) / np.sqrt(episodes))
+        out["niw_minus_protonet_ece"] = out["niw_ece"] - out["protonet_ece"]
+        out["niw_minus_protonet_ece_se"] = float((boot["niw"] - boot["protonet"]).std(ddof=1))
+        for metric in ("acc", "ece", "nll"):
+            say(f"  NIW - ProtoNet {metric}: {out[f'niw_minus_protonet_{metric}']:+.4f} +- "
+                f"{out[f'niw_minus_protonet_{metric}_se']:.4f}")
+    if "niw" in params:
+        out["niw_predictive_samples"] = 2 * half
+        out["niw_predictive_mc_se_top_prob"] = float(np.concatenate(mc_err).mean())
     return out
+
+
+def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episodes: int, channels: int, blocks: int,
+                   query: int = 3, test_query: int = 15, lr: float = 3e-3, precision_lr: float = 0.1,
+                   curvature: str = "fisher", inner_steps: int = 1, inner_lr: float = 0.4, samples: int = 32,
+                   predictive_samples: int = 1, seed: int = 0, methods=METHOD_NAMES, test_rotations: bool = False,
+                   save_dir: Path | None = None, say=print) -> dict:
+    """Trains NIW (ProtoNet likelihood), ProtoNet and MAML with the same budget (:func:`train_omniglot`) and scores
+    them on the same ``test_episodes`` held-out episodes (:func:`score_omniglot`); ``test_rotations`` also scores
+    them on the rotated test protocol (:func:`omniglot_test_episodes`), under ``"rotated_test"``. ``save_dir``
+    keeps the trained parameters (``5w<shot>s_<method>.npz``) and the settings that scoring them needs
+    (``5w<shot>s_config.json``), for :func:`evaluate`."""
+    params, unravel, timing = train_omniglot(
+        shot, steps=steps, episodes_per_step=episodes_per_step, channels=channels, blocks=blocks, query=query, lr=lr,
+        precision_lr=precision_lr, curvature=curvature, inner_steps=inner_steps, inner_lr=inner_lr,
+        predictive_samples=predictive_samples, seed=seed, methods=methods)
+    out = {}
+    if "niw" in params:
+        q = params["niw"]
+        out["niw_dof"], out["niw_kappa"] = float(q.dof), float(q.kappa)
+        out["niw_prior_precision_median"] = float(jnp.median(q.mean_precision()))
+    if save_dir is not None:  # the trained parameters, to score other prediction rules or test sets without retraining
+        for name, p in params.items():
+            say(f"  saved {save_tree(Path(save_dir) / f'5w{shot}s_{name}.npz', p)}")
+        config = {"shot": shot, "channels": channels, "blocks": blocks, "curvature": curvature,
+                  "inner_steps": inner_steps, "inner_lr": inner_lr, "seed": seed, "steps": steps,
+                  "episodes_per_step": episodes_per_step, "predictive_samples": predictive_samples}
+        say(f"  saved {write_json(Path(save_dir) / f'5w{shot}s_config.json', config)}")
+    scoring = {"samples": samples, "curvature": curvature, "inner_steps": inner_steps, "inner_lr": inner_lr,
+               "seed": seed, "say": say}
+    tests = omniglot_test_episodes(shot, test_episodes, query=test_query, seed=seed)
+    out.update(score_omniglot(params, unravel, tests, timing=timing, **scoring))
+    if test_rotations:
+        say("  rotated test protocol (held-out characters and their rotations):")
+        rotated = omniglot_test_episodes(shot, test_episodes, query=test_query, seed=seed, rotations=True)
+        out["rotated_test"] = score_omniglot(params, unravel, rotated, **scoring)
+    return out
+
+
+def evaluate(save_dir: Path, shot: int, *, test_episodes: int = 400, test_query: int = 15, samples: int = 32,
+             rotations: bool = False, say=print) -> dict:
+    """Scores parameters saved by a ``reproduce --save-params DIR`` run (every method whose file is in DIR) on that
+    run's test episodes, or with ``rotations`` on the rotated test protocol, without retraining."""
+    save_dir = Path(save_dir)
+    config_path = save_dir / f"5w{shot}s_config.json"
+    if not config_path.exists():
+        raise pplvi.DataError(f"{config_path} not found: evaluate needs the directory a `reproduce --save-params "
+                              f"DIR --shots {shot}` run wrote")
+    config = json.loads(config_path.read_text())
+    like, _, unravel = omniglot_models(channels=config["channels"], blocks=config["blocks"], seed=config["seed"])
+    params = {name: load_tree(save_dir / f"5w{shot}s_{name}.npz", like[name]) for name in METHOD_NAMES
+              if (save_dir / f"5w{shot}s_{name}.npz").exists()}
+    tests = omniglot_test_episodes(shot, test_episodes, query=test_query, seed=config["seed"], rotations=rotations)
+    return score_omniglot(params, unravel, tests, samples=samples, curvature=config["curvature"],
+                          inner_steps=config["inner_steps"], inner_lr=config["inner_lr"], seed=config["seed"],
+                          say=say)
 
 
 def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 200, test_query: int = 15,
         samples: int = 32, channels: int = 16, blocks: int = 4, linreg_steps: int = 3000, seed: int = 0,
         shots=(1, 5), precision_lr: float = 0.1, curvature: str = "fisher", predictive_samples: int = 1,
-        save_dir: Path | None = None, out: Path | None = RESULTS,
+        methods=METHOD_NAMES, test_rotations: bool = False, save_dir: Path | None = None, out: Path | None = RESULTS,
         command=None, say=print) -> dict:
     t0 = time.perf_counter()
     say("1. hierarchical linear regression (quadratic approximation exact)")
@@ -261,7 +350,10 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
               "niw_curvature": {"fisher": "per-image empirical Fisher (protonet_fisher)",
                                 "expected_fisher": "Monte Carlo expected Fisher (protonet_expected_fisher, 8 label "
                                                    "draws)"}[curvature],
+              "methods": list(methods),
               "train": "omniglot background_small1 + rotations", "test": "background_small2 " + ", ".join(HELD_OUT),
+              **({"rotated_test": "the same alphabets, characters + rotations as new classes"}
+                 if test_rotations else {}),
               "standard_errors": "acc, nll: over test episodes; ece: bootstrap over test episodes (1000 draws); "
                                  "niw_minus_protonet_*: paired (same episodes / same resamples)"}
     for shot in shots:
@@ -270,8 +362,8 @@ def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 20
                                                     test_episodes=test_episodes, test_query=test_query,
                                                     samples=samples, channels=channels, blocks=blocks, seed=seed,
                                                     precision_lr=precision_lr, curvature=curvature,
-                                                    predictive_samples=predictive_samples, save_dir=save_dir,
-                                                    say=say)
+                                                    predictive_samples=predictive_samples, methods=methods,
+                                                    test_rotations=test_rotations, save_dir=save_dir, say=say)
     res.update({"rows": summary_rows(res), "omniglot_budget": budget, "jax": jax.__version__, "device": device_name(),
                 "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0,
                 "command": command or "python -m pplvi.models.niw_meta reproduce"})
@@ -289,12 +381,14 @@ def summary_rows(res: dict) -> list[dict]:
     """The results table: one row per Omniglot setting and method (accuracy, ECE, NLL with standard errors)."""
     rows = []
     for setting in sorted(k for k in res if k.startswith("omniglot_5w")):
-        r = res[setting]
-        for key, name in METHODS.items():
-            if f"{key}_acc" in r:
-                rows.append({"setting": setting, "method": name,
-                             **{f"{m}{se}": r[f"{key}_{m}{se}"] for m in ("acc", "ece", "nll") for se in ("", "_se")},
-                             "mean_confidence": r[f"{key}_mean_confidence"]})
+        for protocol, r in (("held-out alphabets", res[setting]),
+                            ("held-out alphabets + rotations", res[setting].get("rotated_test", {}))):
+            for key, name in METHODS.items():
+                if f"{key}_acc" in r:
+                    rows.append({"setting": setting, "test": protocol, "method": name,
+                                 **{f"{m}{se}": r[f"{key}_{m}{se}"] for m in ("acc", "ece", "nll")
+                                    for se in ("", "_se")},
+                                 "mean_confidence": r[f"{key}_mean_confidence"]})
     return rows
 
 
@@ -347,8 +441,9 @@ def merge(paths, out: Path, *, predictive_samples: int, seed: int = 0, say=print
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pplvi.models.niw_meta")
-    p.add_argument("command", choices=["reproduce", "merge"],
-                   help="reproduce: run the checks; merge: one results file from separate reproduce runs")
+    p.add_argument("command", choices=["reproduce", "merge", "evaluate"],
+                   help="reproduce: run the checks; merge: one results file from separate reproduce runs; evaluate: "
+                        "score the parameters a reproduce --save-params run kept (--params DIR)")
     p.add_argument("runs", nargs="*", type=Path, help="merge: the reproduce JSONs")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (20 steps, 10 test episodes, 200 regression steps); writes only with --out")
@@ -370,6 +465,12 @@ def main(argv=None) -> int:
                    help="K draws per query in NIW training: log of the K-draw predictive (1: the paper's ELBO)")
     p.add_argument("--save-params", type=Path, default=None, metavar="DIR",
                    help="also save the trained parameters: DIR/5w<shot>s_{niw,protonet,maml}.npz (save_tree)")
+    p.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES),
+                   help="the methods to train and score")
+    p.add_argument("--test-rotations", action="store_true",
+                   help="also score on the rotated test protocol (held-out characters + rotations as classes); "
+                        "evaluate: score on it instead")
+    p.add_argument("--params", type=Path, default=None, metavar="DIR", help="evaluate: a --save-params directory")
     p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
     a = p.parse_intermixed_args(argv)
     if a.command == "reproduce" and a.runs:
@@ -377,12 +478,27 @@ def main(argv=None) -> int:
     if a.command == "merge":
         merge(a.runs, a.out or RESULTS, predictive_samples=a.predictive_samples, seed=a.seed)
         return 0
+    if a.command == "evaluate":
+        if a.params is None:
+            p.error("evaluate needs --params DIR (the directory of a reproduce --save-params run)")
+        command = "python -m pplvi.models.niw_meta " + " ".join(sys.argv[1:] if argv is None else argv)
+        res = {f"omniglot_5w{shot}s": evaluate(a.params, shot, test_episodes=a.test_episodes, test_query=a.test_query,
+                                                samples=a.samples, rotations=a.test_rotations)
+               for shot in a.shots}
+        res.update({"params": str(a.params), "test": "held-out alphabets" + (" + rotations" if a.test_rotations
+                                                                             else ""),
+                    "jax": jax.__version__, "device": device_name(), "date": datetime.date.today().isoformat(),
+                    "command": command})
+        if a.out is not None:
+            print(f"wrote {write_json(a.out, res)}")
+        return 0
     out = a.out if a.out is not None or a.quick else RESULTS
     if a.quick:
         a.steps, a.test_episodes, a.linreg_steps = min(a.steps, 20), min(a.test_episodes, 10), min(a.linreg_steps, 200)
     run(steps=a.steps, episodes_per_step=a.episodes_per_step, test_episodes=a.test_episodes, test_query=a.test_query,
         samples=a.samples, channels=a.channels, blocks=a.blocks, linreg_steps=a.linreg_steps, seed=a.seed,
         shots=tuple(a.shots), precision_lr=a.precision_lr, curvature=a.curvature,
-        predictive_samples=a.predictive_samples, save_dir=a.save_params, out=out,
+        predictive_samples=a.predictive_samples, methods=tuple(a.methods), test_rotations=a.test_rotations,
+        save_dir=a.save_params, out=out,
         command="python -m pplvi.models.niw_meta " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
