@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import re
 import sys
@@ -134,12 +135,13 @@ def niw_optimizer(lr: float, precision_lr: float):
 METHOD_NAMES = ("niw", "protonet", "maml")
 
 
-def omniglot_test_episodes(shot: int, episodes: int, *, query: int = 15, seed: int = 0, rotations: bool = False):
+def omniglot_test_episodes(shot: int, episodes: int, *, query: int = 15, seed: int = 0, rotations: bool = False,
+                           splits=None):
     """The test episodes of a run with ``seed``: 5-way ``shot``-shot episodes of the held-out alphabets, ``query``
     queries per class. ``rotations=True``: the held-out characters and their 90/180/270-degree rotations as new
     classes (424 classes), the test protocol of Vinyals et al. (2016) and Snell et al. (2017), whose meta-training
-    classes carry the same rotations as ours."""
-    _, (xte, yte) = omniglot_splits()
+    classes carry the same rotations as ours. ``splits``: :func:`omniglot_splits`, if already loaded."""
+    _, (xte, yte) = splits or omniglot_splits()
     sampler = F.EpisodeSampler(xte, yte, way=5, shot=shot, query=query, rotations=rotations)
     return sampler.sample(np.random.default_rng(seed + (2 if rotations else 1)), episodes)
 
@@ -156,12 +158,12 @@ def omniglot_models(*, channels: int, blocks: int, seed: int = 0) -> tuple[dict,
 
 def train_omniglot(shot: int, *, steps: int, episodes_per_step: int, channels: int, blocks: int, query: int = 3,
                    lr: float = 3e-3, precision_lr: float = 0.1, curvature: str = "fisher", inner_steps: int = 1,
-                   inner_lr: float = 0.4, predictive_samples: int = 1, seed: int = 0,
-                   methods=METHOD_NAMES) -> tuple[dict, object, dict]:
+                   inner_lr: float = 0.4, predictive_samples: int = 1, seed: int = 0, methods=METHOD_NAMES,
+                   splits=None) -> tuple[dict, object, dict]:
     """Trains ``methods`` (of NIW with ProtoNet's likelihood, ProtoNet, second-order MAML) with the same budget and
     training episodes (meta-training classes with rotations). Returns (trained parameters by method, the NIW's
-    ``unravel``, training seconds by method)."""
-    (xtr, ytr), _ = omniglot_splits()
+    ``unravel``, training seconds by method). ``splits``: :func:`omniglot_splits`, if already loaded."""
+    (xtr, ytr), _ = splits or omniglot_splits()
     train = F.EpisodeSampler(xtr, ytr, way=5, shot=shot, query=query, rotations=True)
     rng = np.random.default_rng(seed)
     batches = [train.sample(rng, episodes_per_step) for _ in range(steps)]
@@ -184,6 +186,29 @@ def train_omniglot(shot: int, *, steps: int, episodes_per_step: int, channels: i
     return params, unravel, timing
 
 
+@functools.partial(jax.jit, static_argnames=("unravel", "half", "curvature", "inner_steps", "inner_lr"))
+def niw_prediction_rules(key, q: NIW, sx, sy, qx, *, unravel, half: int, curvature: str, inner_steps: int,
+                         inner_lr: float):
+    """:func:`~pplvi.models.niw_meta.niw_predict`'s posterior predictive (ProtoNet head), as two halves of its
+    ``2 * half`` draws; and, for the diagnosis, from the same :math:`q_i`: the prediction of the mean :math:`m_i`
+    alone (plug-in), of one draw :math:`\\theta \\sim q_i` alone, and the linearized (GLM) predictive. The
+    parameters are arguments, not constants of the compiled program: one compilation serves every model of the
+    same shape."""
+    ll, curv = F.protonet_log_likelihood(unravel, 5), F.protonet_curvature(unravel, 5, curvature)
+    k_noise, k_draw = jax.random.split(key)
+    m, v = local_posterior(q, ll, (sx, sy, sx, sy), steps=inner_steps, lr=inner_lr, curvature=curv,
+                           curvature_noise=F.curvature_uniforms(curv, sx.shape[0], k_noise))
+    logits = lambda th: F.protonet_logits(unravel(th), sx, sy, qx, 5)
+    pred = lambda th: jax.nn.softmax(logits(th))
+    draws = jax.vmap(lambda e: pred(m + jnp.sqrt(v) * e))(jax.random.normal(k_draw, (2 * half,) + m.shape))
+    linearized = F.posterior_predictive(k_draw, logits, m, v, 2 * half, "linearized")
+    return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0], linearized
+
+
+_protonet_predict = jax.jit(F.protonet_predict, static_argnames="way")
+_maml_predict = jax.jit(F.maml_predict, static_argnames=("steps", "lr"))
+
+
 def score_omniglot(params: dict, unravel, tests, *, samples: int = 32, curvature: str = "fisher",
                    inner_steps: int = 1, inner_lr: float = 0.4, seed: int = 0, timing: dict | None = None,
                    say=print) -> dict:
@@ -196,26 +221,12 @@ def score_omniglot(params: dict, unravel, tests, *, samples: int = 32, curvature
     predictors = {}
     mc_err, other = [], {"niw_plugin": [], "niw_one_draw": [], "niw_linearized": []}
     if "niw" in params:
-        q = params["niw"]
         half = max(samples // 2, 1)  # two independent halves: their difference estimates the Monte Carlo error
-        ll, curv = F.protonet_log_likelihood(unravel, 5), F.protonet_curvature(unravel, 5, curvature)
-
-        @jax.jit
-        def niw_parts(k, a, b, c):
-            """niw_predict's posterior predictive, as two halves of its draws; and, for the diagnosis, the
-            prediction of the mean m_i alone (plug-in), of one draw theta ~ q_i alone, and the linearized (GLM)
-            predictive."""
-            k_noise, k_draw = jax.random.split(k)
-            m, v = local_posterior(q, ll, (a, b, a, b), steps=inner_steps, lr=inner_lr, curvature=curv,
-                                   curvature_noise=F.curvature_uniforms(curv, a.shape[0], k_noise))
-            logits = lambda th: F.protonet_logits(unravel(th), a, b, c, 5)
-            pred = lambda th: jax.nn.softmax(logits(th))
-            draws = jax.vmap(lambda e: pred(m + jnp.sqrt(v) * e))(jax.random.normal(k_draw, (2 * half,) + m.shape))
-            linearized = F.posterior_predictive(k_draw, logits, m, v, 2 * half, "linearized")
-            return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0], linearized
+        rules = {"unravel": unravel, "half": half, "curvature": curvature, "inner_steps": inner_steps,
+                 "inner_lr": inner_lr}
 
         def niw(k, a, b, c):
-            p1, p2, plug, one, lin = (np.asarray(x) for x in niw_parts(k, a, b, c))
+            p1, p2, plug, one, lin = (np.asarray(x) for x in niw_prediction_rules(k, params["niw"], a, b, c, **rules))
             p = 0.5 * (p1 + p2)
             top = p.argmax(1)
             mc_err.append(0.5 * np.abs(p1 - p2)[np.arange(len(top)), top])
@@ -226,12 +237,10 @@ def score_omniglot(params: dict, unravel, tests, *, samples: int = 32, curvature
 
         predictors["niw"] = niw
     if "protonet" in params:
-        proto = params["protonet"]
-        predictors["protonet"] = jax.jit(lambda k, a, b, c: F.protonet_predict(proto, a, b, c, 5))
+        predictors["protonet"] = lambda k, a, b, c: _protonet_predict(params["protonet"], a, b, c, 5)
     if "maml" in params:
-        maml = params["maml"]
-        predictors["maml"] = jax.jit(lambda k, a, b, c: F.maml_predict(maml, a, b, c, steps=inner_steps,
-                                                                        lr=inner_lr))
+        predictors["maml"] = lambda k, a, b, c: _maml_predict(params["maml"], a, b, c, steps=inner_steps,
+                                                               lr=inner_lr)
     if "niw" in params:  # diagnostics of the NIW predictive (filled by "niw" above)
         for name in other:
             predictors[name] = lambda k, a, b, c, name=name: other[name].pop(0)
@@ -289,10 +298,11 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
     them on the rotated test protocol (:func:`omniglot_test_episodes`), under ``"rotated_test"``. ``save_dir``
     keeps the trained parameters (``5w<shot>s_<method>.npz``) and the settings that scoring them needs
     (``5w<shot>s_config.json``), for :func:`evaluate`."""
+    splits = omniglot_splits()
     params, unravel, timing = train_omniglot(
         shot, steps=steps, episodes_per_step=episodes_per_step, channels=channels, blocks=blocks, query=query, lr=lr,
         precision_lr=precision_lr, curvature=curvature, inner_steps=inner_steps, inner_lr=inner_lr,
-        predictive_samples=predictive_samples, seed=seed, methods=methods)
+        predictive_samples=predictive_samples, seed=seed, methods=methods, splits=splits)
     out = {}
     if "niw" in params:
         q = params["niw"]
@@ -307,11 +317,12 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
         say(f"  saved {write_json(Path(save_dir) / f'5w{shot}s_config.json', config)}")
     scoring = {"samples": samples, "curvature": curvature, "inner_steps": inner_steps, "inner_lr": inner_lr,
                "seed": seed, "say": say}
-    tests = omniglot_test_episodes(shot, test_episodes, query=test_query, seed=seed)
+    tests = omniglot_test_episodes(shot, test_episodes, query=test_query, seed=seed, splits=splits)
     out.update(score_omniglot(params, unravel, tests, timing=timing, **scoring))
     if test_rotations:
         say("  rotated test protocol (held-out characters and their rotations):")
-        rotated = omniglot_test_episodes(shot, test_episodes, query=test_query, seed=seed, rotations=True)
+        rotated = omniglot_test_episodes(shot, test_episodes, query=test_query, seed=seed, rotations=True,
+                                         splits=splits)
         out["rotated_test"] = score_omniglot(params, unravel, rotated, **scoring)
     return out
 
