@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check pplvi tests benchmarks examples docs
 
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist worksteal tests
 
 # Every suite in --quick mode (a few minutes each on 2 cores); run a suite alone with `pplvi bench SUITE [--quick]`.
 bench: $(STAMP)
