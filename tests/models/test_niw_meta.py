@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -515,6 +516,39 @@ def test_predictive_training_term_tends_to_the_log_posterior_predictive():
     # measured: 0.74 nats for one draw; 0.098 at K = 8, 0.028 at K = 64 (the Monte Carlo bias is O(1/K)). At K = 32
     # the term is within 0.1 nats of the limit (the limit's and v32's Monte Carlo errors are ~0.01)
     assert abs(gap32) < 0.1 and gap1 > 5 * abs(gap32), (gap1, gap32)
+
+
+def test_draws_looped_or_vmapped_give_the_same_numbers():
+    """map_draws: all draws at once (one vmap, the accelerator default) and one at a time (the CPU default) compute
+    the same K-draw training term and gradient, draw for draw; chunks of 3 give the same predictives (float32
+    rounding apart: the sums run in another order)."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((40, 28, 28)).astype(np.float32), np.repeat(np.arange(8), 5)
+    sx, sy, qx, qy = N.EpisodeSampler(images, labels, way=3, shot=2, query=2).sample(rng, 2)
+    q, prior, unravel = N.init_niw(jax.random.key(0), way=None, channels=2, blocks=2)
+
+    def same(a, b):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+
+    terms = {}
+    for batch in (None, 1):
+        objective = N.niw_protonet_elbo(unravel, prior, 100, way=3, steps=0, curvature=0.0, predictive_samples=8,
+                                        draw_batch=batch)
+        value, grad = objective.value_and_grad(jax.random.key(1), q, sx, sy, qx, qy)
+        terms[batch] = (value, ravel_pytree(grad)[0])
+    same(terms[1][0], terms[None][0])
+    same(terms[1][1], terms[None][1])
+
+    @functools.partial(jax.jit, static_argnames=("rule", "batch"))
+    def predictive(rule, batch):
+        return N.niw_predict(jax.random.key(2), q, unravel, sx[0], sy[0], qx[0], samples=8, steps=0, curvature=0.0,
+                             head="protonet", way=3, rule=rule, draw_batch=batch)
+
+    for rule in ("average", "linearized"):
+        for batch in (1, 3):
+            same(predictive(rule, batch), predictive(rule, None))
+    with pytest.raises(pplvi.PPLVIError, match="draw batch_size"):
+        N.map_draws(jnp.sin, jnp.ones((4, 2)), 0)
 
 
 def test_linearized_predictive_equals_the_average_for_a_linear_network():

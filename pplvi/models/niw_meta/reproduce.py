@@ -200,7 +200,7 @@ def niw_prediction_rules(key, q: NIW, sx, sy, qx, *, unravel, half: int, curvatu
                            curvature_noise=F.curvature_uniforms(curv, sx.shape[0], k_noise))
     logits = lambda th: F.protonet_logits(unravel(th), sx, sy, qx, 5)
     pred = lambda th: jax.nn.softmax(logits(th))
-    draws = jax.vmap(lambda e: pred(m + jnp.sqrt(v) * e))(jax.random.normal(k_draw, (2 * half,) + m.shape))
+    draws = F.map_draws(lambda e: pred(m + jnp.sqrt(v) * e), jax.random.normal(k_draw, (2 * half,) + m.shape))
     linearized = F.posterior_predictive(k_draw, logits, m, v, 2 * half, "linearized")
     return draws[:half].mean(0), draws[half:].mean(0), pred(m), draws[0], linearized
 
