@@ -467,6 +467,24 @@ def test_committed_protocol_run_states_what_docs_claim():
     assert set(k.split("_")[0] for k in again) == {"protonet"} and again["protonet_acc"] > 0.7
 
 
+def test_committed_cpu_budget_protocol_run_states_what_docs_claim():
+    """docs/models/niw_meta.md, "Both protocols at the CPU budget": K = 32 NIW and ProtoNet at 5 shots, plain and
+    rotated test classes. The NIW posterior predictive is more accurate and underconfident, with the higher ECE on
+    both protocols, the gap wider on the rotated one; its mean m_i is more accurate than ProtoNet with a lower
+    ECE on both."""
+    res = json.loads((RESULTS.parent / "niw_meta_protocols" / "niw_k32_cpu_budget.json").read_text())
+    assert res["omniglot_budget"]["niw_training_predictive_samples"] == 32 and res["omniglot_budget"]["steps"] == 150
+    plain = res["omniglot_5w5s"]
+    rotated = plain["rotated_test"]
+    z = lambda r, m: r[f"niw_minus_protonet_{m}"] / r[f"niw_minus_protonet_{m}_se"]
+    for r in (plain, rotated):
+        assert z(r, "acc") > 5 and z(r, "ece") > 3 and r["niw_acc"] - r["niw_mean_confidence"] > 0.05
+        assert r["protonet_acc"] > r["protonet_mean_confidence"]  # ProtoNet underconfident too
+        assert r["niw_plugin_acc"] - r["protonet_acc"] > 3 * np.hypot(r["niw_plugin_acc_se"], r["protonet_acc_se"])
+        assert r["protonet_ece"] - r["niw_plugin_ece"] > 3 * np.hypot(r["niw_plugin_ece_se"], r["protonet_ece_se"])
+    assert rotated["niw_minus_protonet_ece"] > plain["niw_minus_protonet_ece"]
+
+
 def test_merge_keeps_the_main_configuration_and_lists_the_rest(tmp_path):
     """merge: linear regression from the run with the most steps, the main (K, seed) per setting, the rest as
     replicates; the committed file is what merge makes of the committed runs."""
