@@ -470,8 +470,8 @@ def test_committed_protocol_run_states_what_docs_claim():
 def test_committed_cpu_budget_protocol_run_states_what_docs_claim():
     """docs/models/niw_meta.md, "Both protocols at the CPU budget": K = 32 NIW and ProtoNet at 5 shots, plain and
     rotated test classes. The NIW posterior predictive is more accurate and underconfident, with the higher ECE on
-    both protocols, the gap wider on the rotated one; its mean m_i is more accurate than ProtoNet with a lower
-    ECE on both."""
+    both protocols, the gap larger (as a point estimate) on the rotated one; its mean m_i is more accurate than
+    ProtoNet with a lower ECE on both."""
     res = json.loads((RESULTS.parent / "niw_meta_protocols" / "niw_k32_cpu_budget.json").read_text())
     assert res["omniglot_budget"]["niw_training_predictive_samples"] == 32 and res["omniglot_budget"]["steps"] == 150
     plain = res["omniglot_5w5s"]
@@ -565,7 +565,7 @@ def test_draws_looped_or_vmapped_give_the_same_numbers():
     for rule in ("average", "linearized"):
         for batch in (1, 3):
             same(predictive(rule, batch), predictive(rule, None))
-    with pytest.raises(pplvi.PPLVIError, match="draw batch_size"):
+    with pytest.raises(pplvi.PPLVIError, match="draw_batch"):
         N.map_draws(jnp.sin, jnp.ones((4, 2)), 0)
 
 

@@ -165,7 +165,8 @@ def map_draws(f, draws, batch_size="auto"):
     if batch_size == "auto":
         batch_size = 1 if jax.default_backend() == "cpu" else None
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-        raise pplvi.PPLVIError(f'draw batch_size must be a positive integer, None or "auto", got {batch_size!r}')
+        raise pplvi.PPLVIError(f'draw_batch (how many draws at once) must be a positive integer, None or "auto", got '
+                               f'{batch_size!r}')
     if batch_size is None or batch_size >= draws.shape[0]:
         return jax.vmap(f)(draws)
     return jax.lax.map(f, draws, batch_size=None if batch_size == 1 else batch_size)

@@ -313,7 +313,8 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
             say(f"  saved {save_tree(Path(save_dir) / f'5w{shot}s_{name}.npz', p)}")
         config = {"shot": shot, "channels": channels, "blocks": blocks, "curvature": curvature,
                   "inner_steps": inner_steps, "inner_lr": inner_lr, "seed": seed, "steps": steps,
-                  "episodes_per_step": episodes_per_step, "predictive_samples": predictive_samples}
+                  "episodes_per_step": episodes_per_step, "predictive_samples": predictive_samples,
+                  "test_episodes": test_episodes, "test_query": test_query, "samples": samples}
         say(f"  saved {write_json(Path(save_dir) / f'5w{shot}s_config.json', config)}")
     scoring = {"samples": samples, "curvature": curvature, "inner_steps": inner_steps, "inner_lr": inner_lr,
                "seed": seed, "say": say}
@@ -327,16 +328,20 @@ def omniglot_check(shot: int, *, steps: int, episodes_per_step: int, test_episod
     return out
 
 
-def evaluate(save_dir: Path, shot: int, *, test_episodes: int = 400, test_query: int = 15, samples: int = 32,
-             rotations: bool = False, say=print) -> dict:
+def evaluate(save_dir: Path, shot: int, *, test_episodes: int | None = None, test_query: int | None = None,
+             samples: int | None = None, rotations: bool = False, say=print) -> dict:
     """Scores parameters saved by a ``reproduce --save-params DIR`` run (every method whose file is in DIR) on that
-    run's test episodes, or with ``rotations`` on the rotated test protocol, without retraining."""
+    run's test episodes, or with ``rotations`` on the rotated test protocol, without retraining. ``test_episodes``,
+    ``test_query`` and ``samples`` default to the run's (other values draw other episodes, not a subset)."""
     save_dir = Path(save_dir)
     config_path = save_dir / f"5w{shot}s_config.json"
     if not config_path.exists():
         raise pplvi.DataError(f"{config_path} not found: evaluate needs the directory a `reproduce --save-params "
                               f"DIR --shots {shot}` run wrote")
     config = json.loads(config_path.read_text())
+    test_episodes = config["test_episodes"] if test_episodes is None else test_episodes
+    test_query = config["test_query"] if test_query is None else test_query
+    samples = config["samples"] if samples is None else samples
     like, _, unravel = omniglot_models(channels=config["channels"], blocks=config["blocks"], seed=config["seed"])
     params = {name: load_tree(save_dir / f"5w{shot}s_{name}.npz", like[name]) for name in METHOD_NAMES
               if (save_dir / f"5w{shot}s_{name}.npz").exists()}
@@ -460,9 +465,10 @@ def main(argv=None) -> int:
                    help="a smoke run (20 steps, 10 test episodes, 200 regression steps); writes only with --out")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--episodes-per-step", type=int, default=4)
-    p.add_argument("--test-episodes", type=int, default=200)
-    p.add_argument("--test-query", type=int, default=15)
-    p.add_argument("--samples", type=int, default=32, help="posterior-predictive samples of the NIW model")
+    p.add_argument("--test-episodes", type=int, default=None, help="default 200; evaluate: the run's")
+    p.add_argument("--test-query", type=int, default=None, help="default 15; evaluate: the run's")
+    p.add_argument("--samples", type=int, default=None,
+                   help="posterior-predictive samples of the NIW model (default 32; evaluate: the run's)")
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--linreg-steps", type=int, default=3000)
@@ -503,6 +509,9 @@ def main(argv=None) -> int:
         if a.out is not None:
             print(f"wrote {write_json(a.out, res)}")
         return 0
+    a.test_episodes = 200 if a.test_episodes is None else a.test_episodes
+    a.test_query = 15 if a.test_query is None else a.test_query
+    a.samples = 32 if a.samples is None else a.samples
     out = a.out if a.out is not None or a.quick else RESULTS
     if a.quick:
         a.steps, a.test_episodes, a.linreg_steps = min(a.steps, 20), min(a.test_episodes, 10), min(a.linreg_steps, 200)
