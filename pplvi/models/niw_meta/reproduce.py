@@ -408,9 +408,9 @@ def summary_rows(res: dict) -> list[dict]:
     return rows
 
 
-def run_identity(res: dict) -> tuple[int, int]:
-    """(training predictive samples K, seed) of a reproduce run's JSON (read from its command where the budget
-    does not record them)."""
+def run_identity(res: dict) -> tuple[int, int, int]:
+    """(conv channels, training predictive samples K, seed) of a reproduce run's JSON (K and the seed read from its
+    command where the budget does not record them)."""
     budget, command = res["omniglot_budget"], res.get("command", "")
     k = budget.get("niw_training_predictive_samples")
     seed = budget.get("seed")
@@ -420,39 +420,114 @@ def run_identity(res: dict) -> tuple[int, int]:
     if seed is None:
         found = re.search(r"--seed (\d+)", command)
         seed = int(found.group(1)) if found else 0
-    return int(k), int(seed)
+    return int(budget["channels"]), int(k), int(seed)
 
 
-def merge(paths, out: Path, *, predictive_samples: int, seed: int = 0, say=print) -> dict:
-    """One results file from reproduce runs made separately (one per setting, in parallel on one accelerator):
-    the linear-regression check from the run with the most regression steps; ``omniglot_5w{1,5}s`` from the runs
-    with ``predictive_samples`` and ``seed``; every other run's settings under ``replicates`` (with its K, seed,
-    file and command)."""
+SCORES = ("acc", "ece", "nll", "mean_confidence")
+NIW_SCALARS = ("niw_dof", "niw_kappa", "niw_prior_precision_median", "niw_predictive_mc_se_top_prob")
+
+
+def run_mean(results: list[dict]) -> dict:
+    r"""Scores averaged over independent training runs of one configuration (a run: training with one seed on one
+    accelerator, scored on that seed's test episodes). For every method and score: the mean over the runs that
+    scored it, ``_se`` the standard error *between runs* :math:`s/\sqrt n` (training noise and test-episode noise
+    together) where :math:`n \ge 2`, else the run's own standard error, and ``<method>_runs`` = :math:`n`.
+    ``niw_minus_protonet_<score>`` are the per-run differences NIW (posterior predictive) - ProtoNet, averaged the
+    same way (``..._by_run`` lists them); ``niw_ece_below_protonet`` counts the runs with the lower NIW ECE.
+    ``rotated_test`` likewise, over the runs that scored that protocol (its ``runs`` says how many)."""
+    out: dict = {"runs": len(results)}
+
+    def average(key, has_se=False):
+        values = [r[key] for r in results if key in r]
+        if not values:
+            return
+        out[key] = float(np.mean(values))
+        if len(values) >= 2:
+            out[key + "_se"] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
+        elif has_se:
+            out[key + "_se"] = next(r[key + "_se"] for r in results if key in r)
+        return len(values)
+
+    for method in METHODS:
+        counts = [average(f"{method}_{s}", has_se=s != "mean_confidence") for s in SCORES]
+        if counts[0]:
+            out[f"{method}_runs"] = counts[0]
+    paired = [r for r in results if "niw_acc" in r and "protonet_acc" in r]
+    for s in ("acc", "ece", "nll"):
+        diffs = [r[f"niw_{s}"] - r[f"protonet_{s}"] for r in paired]
+        out[f"niw_minus_protonet_{s}"] = float(np.mean(diffs))
+        out[f"niw_minus_protonet_{s}_se"] = (float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) >= 2
+                                             else paired[0][f"niw_minus_protonet_{s}_se"])
+        out[f"niw_minus_protonet_{s}_by_run"] = [float(d) for d in diffs]
+    out["niw_ece_below_protonet"] = sum(r["niw_ece"] < r["protonet_ece"] for r in paired)
+    for key in NIW_SCALARS:
+        average(key)
+    rotated = [r["rotated_test"] for r in results if "rotated_test" in r]
+    if rotated:
+        out["rotated_test"] = run_mean(rotated)
+    return out
+
+
+def merge(paths, out: Path, *, predictive_samples: int, channels: int, say=print) -> dict:
+    """One results file from reproduce runs made separately (one per setting and seed, in parallel on one
+    accelerator). The linear-regression check comes from the run with the most regression steps.
+    ``omniglot_5w{1,5}s`` (the results contract) is the :func:`run_mean` of every run of the main configuration
+    (``channels``, K = ``predictive_samples``); ``configurations`` holds the same for every configuration and
+    setting found, ``replicates`` each run's own scores (with its channels, K, seed, file and command) and ``rows``
+    the table of ``configurations``."""
     runs = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
     if not runs:
         raise pplvi.PPLVIError("merge needs at least one reproduce JSON")
     res = {k: v for k, v in max(runs, key=lambda r: r[1].get("linreg_steps", 0))[1].items() if k.startswith("linreg")}
-    replicates, sources = [], {}
+    groups: dict = {}
+    replicates = []
     for path, r in runs:
-        k, s = run_identity(r)
+        c, k, s = run_identity(r)
         for setting in (key for key in r if key.startswith("omniglot_5w")):
-            if (k, s) == (predictive_samples, seed) and setting not in res:
-                res[setting] = r[setting]
-                res["omniglot_budget"] = r["omniglot_budget"]
-                sources[setting] = {"file": path.name, "command": r["command"], "device": r["device"],
-                                    "seconds": r["seconds"]}
-            else:
-                replicates.append({"setting": setting, "training_predictive_samples": k, "seed": s,
-                                   "file": path.name, "command": r["command"], **r[setting]})
+            entry = {"setting": setting, "channels": c, "training_predictive_samples": k, "seed": s,
+                     "file": path.name, "command": r["command"], **({"partial": r["partial"]} if "partial" in r
+                                                                     else {}), **r[setting]}
+            replicates.append(entry)
+            groups.setdefault((setting, c, k), []).append((path, r, entry))
+    configurations = []
+    for (setting, c, k), members in sorted(groups.items()):
+        summary = {"setting": setting, "channels": c, "training_predictive_samples": k,
+                   "seeds": [e["seed"] for _, _, e in members], "files": [p.name for p, _, _ in members],
+                   **run_mean([r[setting] for _, r, _ in members])}
+        configurations.append(summary)
+        if (c, k) == (channels, predictive_samples):
+            res[setting] = summary
+            full = [r for _, r, _ in members if "partial" not in r]
+            res["omniglot_budget"] = {**full[0]["omniglot_budget"], "seed": "see seeds"}
     missing = [s for s in ("omniglot_5w1s", "omniglot_5w5s") if s not in res]
     if missing:
-        raise pplvi.PPLVIError(f"no run with predictive_samples={predictive_samples}, seed={seed} for {missing}")
-    res.update({"rows": summary_rows(res), "replicates": replicates, "sources": sources, "jax": runs[0][1]["jax"],
+        raise pplvi.PPLVIError(f"no run with channels={channels}, predictive_samples={predictive_samples} for "
+                               f"{missing}")
+    res.update({"configurations": configurations, "rows": configuration_rows(configurations),
+                "replicates": replicates, "jax": runs[0][1]["jax"],
                 "device": ", ".join(sorted({r["device"] for _, r in runs})), "date": max(r["date"] for _, r in runs),
-                "command": "python -m pplvi.models.niw_meta merge --predictive-samples "
-                           f"{predictive_samples} --seed {seed} " + " ".join(str(p) for p in paths)})
+                "command": f"python -m pplvi.models.niw_meta merge --channels {channels} --predictive-samples "
+                           f"{predictive_samples} " + " ".join(str(p) for p in paths)})
     say(f"wrote {write_json(out, res)}")
     return res
+
+
+def configuration_rows(configurations: list[dict]) -> list[dict]:
+    """The results table: one row per configuration, setting, protocol and method (means over runs, standard
+    errors between runs)."""
+    rows = []
+    for conf in configurations:
+        for protocol, r in (("held-out alphabets", conf), ("held-out alphabets + rotations",
+                                                          conf.get("rotated_test", {}))):
+            for key, name in METHODS.items():
+                if f"{key}_acc" in r:
+                    rows.append({"setting": conf["setting"], "net": f"conv 4x{conf['channels']}",
+                                 "K": conf["training_predictive_samples"], "test": protocol, "method": name,
+                                 "runs": r[f"{key}_runs"],
+                                 **{f"{m}{se}": r.get(f"{key}_{m}{se}") for m in ("acc", "ece", "nll")
+                                    for se in ("", "_se")},
+                                 "mean_confidence": r[f"{key}_mean_confidence"]})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -493,7 +568,7 @@ def main(argv=None) -> int:
     if a.command == "reproduce" and a.runs:
         p.error(f"reproduce takes no run files (got {len(a.runs)}); did you mean merge?")
     if a.command == "merge":
-        merge(a.runs, a.out or RESULTS, predictive_samples=a.predictive_samples, seed=a.seed)
+        merge(a.runs, a.out or RESULTS, predictive_samples=a.predictive_samples, channels=a.channels)
         return 0
     if a.command == "evaluate":
         if a.params is None:
