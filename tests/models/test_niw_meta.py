@@ -619,3 +619,25 @@ def test_linearized_predictive_equals_the_average_for_a_linear_network():
     cubic = lambda th: a @ th**3
     assert float(jnp.abs(N.posterior_predictive(key, cubic, m, v, 64, "linearized")
                          - N.posterior_predictive(key, cubic, m, v, 64, "average")).max()) > 1e-2
+
+
+def test_committed_parameters_are_those_of_their_runs():
+    """Every kept parameter set (benchmarks/results/niw_meta_params/<run>) loads into its network and is the one its
+    run scored: the NIW's median prior precision, degrees of freedom and lambda equal the run's recorded values."""
+    params = RESULTS.parent / "niw_meta_params"
+    folders = sorted(params.iterdir())
+    assert len(folders) == 14
+    for folder in folders:
+        (config_path,) = folder.glob("5w*s_config.json")
+        config = json.loads(config_path.read_text())
+        like, _, _ = R.omniglot_models(channels=config["channels"], blocks=config["blocks"], seed=config["seed"])
+        shot = config["shot"]
+        q = pplvi.train.load_tree(folder / f"5w{shot}s_niw.npz", like["niw"])
+        run = json.loads((RESULTS.parent / "niw_meta_runs" / f"{folder.name}.json").read_text())
+        assert R.run_identity(run) == (config["channels"], config["predictive_samples"], config["seed"])
+        scored = run[f"omniglot_5w{shot}s"]
+        if "niw_prior_precision_median" in scored:  # the runs stopped early printed scores only
+            assert float(jnp.median(q.mean_precision())) == pytest.approx(scored["niw_prior_precision_median"],
+                                                                          rel=1e-6)
+            assert float(q.dof) == pytest.approx(scored["niw_dof"], rel=1e-6)
+            assert float(q.kappa) == pytest.approx(scored["niw_kappa"], rel=1e-6)
