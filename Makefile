@@ -59,8 +59,9 @@ reproduce-fbm-sde-hurst: $(STAMP)
 reproduce-pvrnn: $(STAMP)
 	$(PY) -m pplvi.models.pvrnn reproduce
 
-# NIW meta-learning: linear-regression exactness, Omniglot 5-way 1/5-shot vs ProtoNet and MAML; writes
-# benchmarks/results/niw_meta.json (17-28 minutes on 2 shared CPU cores).
+# NIW meta-learning: linear-regression exactness, Omniglot 5-way 1/5-shot vs ProtoNet and MAML at the CPU budget;
+# writes out/niw_meta/reproduce.json (17-28 minutes on 2 shared CPU cores). benchmarks/results/niw_meta.json is
+# `merge` of the GPU runs in benchmarks/results/niw_meta_runs (docs/models/niw_meta.md has the commands).
 .PHONY: reproduce-niw-meta
 reproduce-niw-meta: $(STAMP)
 	$(PY) -m pplvi.models.niw_meta reproduce

@@ -1,4 +1,5 @@
-"""``python -m pplvi.models.niw_meta reproduce``: the NIW meta-learner's checks; writes
+"""``python -m pplvi.models.niw_meta reproduce``: the NIW meta-learner's checks; one run writes its own file
+(``--out``, default ``out/niw_meta/reproduce.json``), and ``merge`` combines runs into
 ``benchmarks/results/niw_meta.json``.
 
 1. Hierarchical linear regression (d = 3, full-covariance NIW): the one-time local iterate (3 inner steps, exact
@@ -22,8 +23,9 @@
 The default budget (150 steps x 4 episodes, 4 x 16 conv) is sized for 2 shared CPU cores (17-28 minutes there, by load);
 ``--steps``, ``--episodes-per-step``, ``--channels``, ``--test-episodes`` scale it up on an accelerator.
 ``--quick`` is a smoke run that writes nothing unless ``--out`` is given; ``--shots 5`` runs one setting only.
-``python -m pplvi.models.niw_meta merge --predictive-samples K RUN.json ...`` combines runs made separately (one
-per setting, in parallel on one accelerator) into the results file (:func:`merge`).
+``python -m pplvi.models.niw_meta merge --channels C --predictive-samples K RUN.json ...`` combines runs made
+separately (one per setting and seed, in parallel on one accelerator) into the results file (:func:`merge`): the
+contract holds the mean over the runs of the main configuration (channels C, K), with standard errors between runs.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ from pplvi.models.niw_meta.objective import niw_elbo
 from pplvi.models.results import device_name, write_json
 from pplvi.train import load_tree, save_tree
 
-RESULTS = Path("benchmarks/results/niw_meta.json")
+RESULTS = Path("benchmarks/results/niw_meta.json")  # merge's output: the committed results of the GPU runs
+RUN_OUT = Path("out/niw_meta/reproduce.json")  # one reproduce run (merge input)
 HELD_OUT = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 
 
@@ -354,7 +357,7 @@ def evaluate(save_dir: Path, shot: int, *, test_episodes: int | None = None, tes
 def run(*, steps: int = 150, episodes_per_step: int = 4, test_episodes: int = 200, test_query: int = 15,
         samples: int = 32, channels: int = 16, blocks: int = 4, linreg_steps: int = 3000, seed: int = 0,
         shots=(1, 5), precision_lr: float = 0.1, curvature: str = "fisher", predictive_samples: int = 1,
-        methods=METHOD_NAMES, test_rotations: bool = False, save_dir: Path | None = None, out: Path | None = RESULTS,
+        methods=METHOD_NAMES, test_rotations: bool = False, save_dir: Path | None = None, out: Path | None = RUN_OUT,
         command=None, say=print) -> dict:
     t0 = time.perf_counter()
     say("1. hierarchical linear regression (quadratic approximation exact)")
@@ -563,7 +566,8 @@ def main(argv=None) -> int:
                    help="also score on the rotated test protocol (held-out characters + rotations as classes); "
                         "evaluate: score on it instead")
     p.add_argument("--params", type=Path, default=None, metavar="DIR", help="evaluate: a --save-params directory")
-    p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (none with --quick)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"reproduce: default {RUN_OUT} (none with --quick); merge: default {RESULTS}")
     a = p.parse_intermixed_args(argv)
     if a.command == "reproduce" and a.runs:
         p.error(f"reproduce takes no run files (got {len(a.runs)}); did you mean merge?")
@@ -587,7 +591,7 @@ def main(argv=None) -> int:
     a.test_episodes = 200 if a.test_episodes is None else a.test_episodes
     a.test_query = 15 if a.test_query is None else a.test_query
     a.samples = 32 if a.samples is None else a.samples
-    out = a.out if a.out is not None or a.quick else RESULTS
+    out = a.out if a.out is not None or a.quick else RUN_OUT
     if a.quick:
         a.steps, a.test_episodes, a.linreg_steps = min(a.steps, 20), min(a.test_episodes, 10), min(a.linreg_steps, 200)
     run(steps=a.steps, episodes_per_step=a.episodes_per_step, test_episodes=a.test_episodes, test_query=a.test_query,
