@@ -404,7 +404,7 @@ def test_committed_results_state_what_docs_claim_about_niw_versus_protonet():
     res = json.loads(RESULTS.read_text())
     z = lambda r, metric: r[f"niw_minus_protonet_{metric}"] / r[f"niw_minus_protonet_{metric}_se"]
     by_run = lambda r, metric: np.array(r[f"niw_minus_protonet_{metric}_by_run"])
-    # the main configuration (the results contract): the paper's 64-channel Conv-4, K = 32, three runs per setting
+    # the main configuration (the results contract): the standard 64-channel Conv-4, K = 32, three runs per setting
     one, five = res["omniglot_5w1s"], res["omniglot_5w5s"]
     assert (one["channels"], one["training_predictive_samples"], one["runs"]) == (64, 32, 3)
     assert (five["channels"], five["training_predictive_samples"], five["runs"]) == (64, 32, 3)

@@ -241,12 +241,12 @@ def score_omniglot(params: dict, unravel, tests, *, samples: int = 32, curvature
         predictors["niw"] = niw
     if "protonet" in params:
         predictors["protonet"] = lambda k, a, b, c: _protonet_predict(params["protonet"], a, b, c, 5)
-    if "maml" in params:
-        predictors["maml"] = lambda k, a, b, c: _maml_predict(params["maml"], a, b, c, steps=inner_steps,
-                                                               lr=inner_lr)
     if "niw" in params:  # diagnostics of the NIW predictive (filled by "niw" above)
         for name in other:
             predictors[name] = lambda k, a, b, c, name=name: other[name].pop(0)
+    if "maml" in params:  # last: a run stopped while scoring it has printed every NIW and ProtoNet score
+        predictors["maml"] = lambda k, a, b, c: _maml_predict(params["maml"], a, b, c, steps=inner_steps,
+                                                               lr=inner_lr)
     sx, sy, qx, qy = tests
     episodes = len(sx)
     labels = np.asarray(qy).reshape(-1)
