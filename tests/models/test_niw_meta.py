@@ -542,7 +542,8 @@ def test_predictive_training_term_tends_to_the_log_posterior_predictive():
     keys = jax.random.split(jax.random.key(1), 50)
 
     def values(k):
-        objective = N.niw_protonet_elbo(unravel, prior, 100, way=3, steps=0, curvature=0.0, predictive_samples=k)
+        objective = N.niw_protonet_elbo(unravel, prior, 100, way=3, steps=0, curvature=0.0, predictive_samples=k,
+                                        draw_batch=None)
         return np.asarray(jax.jit(jax.vmap(lambda key: objective.estimate(key, q, sx, sy, qx, qy)))(keys))
 
     v1, v32 = values(1), values(32)
@@ -552,7 +553,7 @@ def test_predictive_training_term_tends_to_the_log_posterior_predictive():
     ll = N.protonet_log_likelihood(unravel, 3)
     @jax.jit
     def episode_term(key, a, b, c, d):
-        probs = N.niw_predict(key, q, unravel, a, b, c, samples=3000, steps=0, curvature=0.0, head="protonet", way=3)
+        probs = N.niw_predict(key, q, unravel, a, b, c, samples=1500, steps=0, curvature=0.0, head="protonet", way=3)
         m, v = N.local_posterior(q, ll, (a, b, a, b), steps=0, curvature=0.0)
         return jnp.sum(jnp.log(probs[jnp.arange(len(d)), d])) - N.expected_gaussian_kl(q, m, v)
 
@@ -562,7 +563,7 @@ def test_predictive_training_term_tends_to_the_log_posterior_predictive():
     limit -= float(N.niw_kl(q, prior)) / 100
     gap1, gap32 = limit - v1.mean(), limit - v32.mean()
     # measured: 0.74 nats for one draw; 0.098 at K = 8, 0.028 at K = 64 (the Monte Carlo bias is O(1/K)). At K = 32
-    # the term is within 0.1 nats of the limit (the limit's and v32's Monte Carlo errors are ~0.01)
+    # the term is within 0.1 nats of the limit (v32's Monte Carlo error is ~0.01, the limit's from 1500 draws ~0.015)
     assert abs(gap32) < 0.1 and gap1 > 5 * abs(gap32), (gap1, gap32)
 
 
