@@ -642,3 +642,30 @@ def test_committed_parameters_are_those_of_their_runs():
                                                                           rel=1e-6)
             assert float(q.dof) == pytest.approx(scored["niw_dof"], rel=1e-6)
             assert float(q.kappa) == pytest.approx(scored["niw_kappa"], rel=1e-6)
+
+
+def test_run_mean_averages_runs_with_standard_errors_between_them():
+    """run_mean: the mean over runs, the standard error s/sqrt(n) between runs (n >= 2) or the run's own (n = 1),
+    per-run NIW - ProtoNet differences, the count of runs with the lower NIW ECE, and the rotated protocol over
+    the runs that scored it; a configuration without ProtoNet has no differences."""
+    run = lambda niw_ece, proto_ece, **extra: {"niw_acc": 0.9, "niw_acc_se": 0.01, "niw_ece": niw_ece,
+                                               "niw_ece_se": 0.002, "niw_mean_confidence": 0.9,
+                                               "protonet_acc": 0.8, "protonet_acc_se": 0.01, "protonet_ece": proto_ece,
+                                               "protonet_ece_se": 0.003, "protonet_mean_confidence": 0.8,
+                                               "niw_nll": 0.3, "niw_nll_se": 0.01, "protonet_nll": 0.4,
+                                               "protonet_nll_se": 0.01, **{f"niw_minus_protonet_{m}_se": 0.004
+                                                                           for m in ("acc", "ece", "nll")}, **extra}
+    runs = [run(0.01, 0.02, maml_acc=0.5, maml_acc_se=0.04), run(0.03, 0.02),
+            run(0.02, 0.05, rotated_test=run(0.1, 0.2))]
+    out = R.run_mean(runs)
+    assert out["runs"] == 3 and out["niw_ece"] == pytest.approx(0.02)
+    assert out["niw_ece_se"] == pytest.approx(np.std([0.01, 0.03, 0.02], ddof=1) / np.sqrt(3))
+    assert out["niw_minus_protonet_ece_by_run"] == pytest.approx([-0.01, 0.01, -0.03])
+    assert out["niw_minus_protonet_ece_se"] == pytest.approx(np.std([-0.01, 0.01, -0.03], ddof=1) / np.sqrt(3))
+    assert out["niw_ece_below_protonet"] == 2
+    assert (out["maml_runs"], out["maml_acc"], out["maml_acc_se"]) == (1, 0.5, 0.04)  # one run: its own error
+    rotated = out["rotated_test"]  # one run: its own (paired) standard errors
+    assert rotated["runs"] == 1 and rotated["niw_ece"] == pytest.approx(0.1)
+    assert (rotated["niw_ece_se"], rotated["niw_minus_protonet_ece_se"]) == (0.002, 0.004)
+    alone = R.run_mean([{k: v for k, v in r.items() if k.startswith("niw")} for r in runs])
+    assert "niw_minus_protonet_ece" not in alone and "niw_ece_below_protonet" not in alone

@@ -396,19 +396,27 @@ METHODS = {"niw": "NIW, posterior predictive", "niw_linearized": "NIW, linearize
            "maml": "MAML (2nd order)"}
 
 
-def summary_rows(res: dict) -> list[dict]:
-    """The results table: one row per Omniglot setting and method (accuracy, ECE, NLL with standard errors)."""
+def method_rows(scores: dict, **fields) -> list[dict]:
+    """One table row per method scored in ``scores`` (a setting's results, or their mean over runs), on both test
+    protocols where scored: ``fields``, then accuracy, ECE and NLL with standard errors, the mean confidence and,
+    for means over runs, how many runs scored the method."""
     rows = []
-    for setting in sorted(k for k in res if k.startswith("omniglot_5w")):
-        for protocol, r in (("held-out alphabets", res[setting]),
-                            ("held-out alphabets + rotations", res[setting].get("rotated_test", {}))):
-            for key, name in METHODS.items():
-                if f"{key}_acc" in r:
-                    rows.append({"setting": setting, "test": protocol, "method": name,
-                                 **{f"{m}{se}": r[f"{key}_{m}{se}"] for m in ("acc", "ece", "nll")
-                                    for se in ("", "_se")},
-                                 "mean_confidence": r[f"{key}_mean_confidence"]})
+    for protocol, r in (("held-out alphabets", scores), ("held-out alphabets + rotations",
+                                                         scores.get("rotated_test", {}))):
+        for key, name in METHODS.items():
+            if f"{key}_acc" in r:
+                rows.append({**fields, "test": protocol, "method": name,
+                             **({"runs": r[f"{key}_runs"]} if f"{key}_runs" in r else {}),
+                             **{f"{m}{se}": r.get(f"{key}_{m}{se}") for m in ("acc", "ece", "nll")
+                                for se in ("", "_se")},
+                             "mean_confidence": r[f"{key}_mean_confidence"]})
     return rows
+
+
+def summary_rows(res: dict) -> list[dict]:
+    """The results table of one run: one row per Omniglot setting, protocol and method."""
+    return [row for setting in sorted(k for k in res if k.startswith("omniglot_5w"))
+            for row in method_rows(res[setting], setting=setting)]
 
 
 def run_identity(res: dict) -> tuple[int, int, int]:
@@ -456,13 +464,14 @@ def run_mean(results: list[dict]) -> dict:
         if counts[0]:
             out[f"{method}_runs"] = counts[0]
     paired = [r for r in results if "niw_acc" in r and "protonet_acc" in r]
-    for s in ("acc", "ece", "nll"):
+    for s in ("acc", "ece", "nll") if paired else ():
         diffs = [r[f"niw_{s}"] - r[f"protonet_{s}"] for r in paired]
         out[f"niw_minus_protonet_{s}"] = float(np.mean(diffs))
         out[f"niw_minus_protonet_{s}_se"] = (float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) >= 2
                                              else paired[0][f"niw_minus_protonet_{s}_se"])
         out[f"niw_minus_protonet_{s}_by_run"] = [float(d) for d in diffs]
-    out["niw_ece_below_protonet"] = sum(r["niw_ece"] < r["protonet_ece"] for r in paired)
+    if paired:
+        out["niw_ece_below_protonet"] = sum(r["niw_ece"] < r["protonet_ece"] for r in paired)
     for key in NIW_SCALARS:
         average(key)
     rotated = [r["rotated_test"] for r in results if "rotated_test" in r]
@@ -500,8 +509,8 @@ def merge(paths, out: Path, *, predictive_samples: int, channels: int, say=print
         configurations.append(summary)
         if (c, k) == (channels, predictive_samples):
             res[setting] = summary
-            full = [r for _, r, _ in members if "partial" not in r]
-            res["omniglot_budget"] = {**full[0]["omniglot_budget"], "seed": "see seeds"}
+            budget = next((r for _, r, _ in members if "partial" not in r), members[0][1])["omniglot_budget"]
+            res["omniglot_budget"] = {**budget, "seed": "see seeds"}
     missing = [s for s in ("omniglot_5w1s", "omniglot_5w5s") if s not in res]
     if missing:
         raise pplvi.PPLVIError(f"no run with channels={channels}, predictive_samples={predictive_samples} for "
@@ -516,21 +525,11 @@ def merge(paths, out: Path, *, predictive_samples: int, channels: int, say=print
 
 
 def configuration_rows(configurations: list[dict]) -> list[dict]:
-    """The results table: one row per configuration, setting, protocol and method (means over runs, standard
-    errors between runs)."""
-    rows = []
-    for conf in configurations:
-        for protocol, r in (("held-out alphabets", conf), ("held-out alphabets + rotations",
-                                                          conf.get("rotated_test", {}))):
-            for key, name in METHODS.items():
-                if f"{key}_acc" in r:
-                    rows.append({"setting": conf["setting"], "net": f"conv 4x{conf['channels']}",
-                                 "K": conf["training_predictive_samples"], "test": protocol, "method": name,
-                                 "runs": r[f"{key}_runs"],
-                                 **{f"{m}{se}": r.get(f"{key}_{m}{se}") for m in ("acc", "ece", "nll")
-                                    for se in ("", "_se")},
-                                 "mean_confidence": r[f"{key}_mean_confidence"]})
-    return rows
+    """The results table of a merge: one row per configuration, setting, protocol and method (means over runs,
+    standard errors between runs)."""
+    return [row for conf in configurations
+            for row in method_rows(conf, setting=conf["setting"], net=f"conv 4x{conf['channels']}",
+                                   K=conf["training_predictive_samples"])]
 
 
 def main(argv=None) -> int:
